@@ -1,0 +1,26 @@
+"""`python -m sandbox <command>`: serve, build-solution, rehearse, demo, bench."""
+
+import sys
+from importlib import import_module
+
+COMMANDS = {
+    "serve": ("sandbox.server", "Serve Entra + Dataverse + Partner Center over HTTPS until interrupted"),
+    "build-solution": ("sandbox.solution_zip", "Write a representative Lead Writer managed solution zip"),
+    "rehearse": ("sandbox.rehearsal", "Run preview/up/refresh/destroy of a stack without the Pulumi CLI"),
+    "demo": ("sandbox.demo", "The dev-stack story end to end against a fresh sandbox"),
+    "bench": ("sandbox.bench", "Print request, write, token and wall-time figures"),
+}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in COMMANDS:
+        print("usage: python -m sandbox <command> [options]\n\ncommands:", file=sys.stderr)
+        for name, (_, text) in COMMANDS.items():
+            print(f"  {name:15} {text}", file=sys.stderr)
+        return 2
+    module = import_module(COMMANDS[argv[0]][0])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
