@@ -1,0 +1,329 @@
+"""Plumbing shared by the Dataverse dynamic providers: stack config from configure(), the
+process-wide client, property hygiene (secrets, unknowns, floats, `__*` keys), explicit diffs,
+check-time validators and error messages that name resource, operation, cause and remedy.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+from pulumi.dynamic import CheckFailure, CheckResult, ConfigureRequest, DiffResult, ResourceProvider
+from pulumi.runtime import rpc
+
+from dynamics_provider.errors import (
+    AmbiguousWriteError,
+    AuthenticationError,
+    DataverseError,
+    LeadDestinationError,
+)
+
+UNKNOWN = rpc.UNKNOWN  # the wire sentinel of a value not known yet (preview)
+_CONFIG_PREFIXES = ("lead-destination:", "azuread:")
+GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+EMAIL_RE = re.compile(r"^[^@\s;,]+@[^@\s;,]+\.[^@\s;,]+$")
+
+log = logging.getLogger("dynamics_provider")
+
+
+class ResourceOperationError(LeadDestinationError):
+    """A provider operation failed; the message names resource, operation, cause and what to do."""
+
+
+# ---------------------------------------------------------------------------------------------
+# property hygiene
+
+
+def is_secret(value: Any) -> bool:
+    return rpc.is_rpc_secret(value)
+
+
+def secret(value: Any) -> Any:
+    """Wrap a value with Pulumi's secret signature (kept secret through the provider host)."""
+    if value is None:
+        return value
+    return rpc.wrap_rpc_secret(value)
+
+
+def is_unknown(value: Any) -> bool:
+    """True for a value not known yet (preview): the wire sentinel or pulumi's Unknown object."""
+    if isinstance(value, str):
+        return value == UNKNOWN
+    if is_secret(value):
+        return is_unknown(value.get("value"))
+    return type(value).__name__ == "Unknown" and type(value).__module__.startswith("pulumi")
+
+
+def _plain(value: Any) -> Any:
+    if is_secret(value):
+        return _plain(value.get("value"))
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items() if not str(k).startswith("__")}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def clean(props: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Plain values: `__*` keys stripped, secrets unwrapped, integral floats turned into ints."""
+    return _plain(dict(props or {}))
+
+
+def wire(value: Any) -> Any:
+    """Make a value serializable by the provider host (pulumi's Unknown object → wire sentinel)."""
+    if is_unknown(value) and not isinstance(value, str) and not is_secret(value):
+        return UNKNOWN
+    if isinstance(value, Mapping):
+        return {k: wire(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [wire(v) for v in value]
+    return value
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equality that ignores secret wrapping, float/int and GUID/e-mail case."""
+    a, b = _plain(a), _plain(b)
+    if isinstance(a, str) and isinstance(b, str) and (GUID_RE.match(a) or EMAIL_RE.match(a)):
+        return a.lower() == b.lower()
+    return a == b
+
+
+# ---------------------------------------------------------------------------------------------
+# check-time validators (no network): each returns a reason or None
+
+
+def need_https_url(value: Any) -> str | None:
+    if not isinstance(value, str) or not value:
+        return "expected the organization's https URL, e.g. https://contoso.crm4.dynamics.com"
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.hostname:
+        return f"expected an https URL (https://<org>.crm<N>.dynamics.com), got {value!r}"
+    if parts.query or parts.fragment or parts.username or parts.password:
+        return "expected a plain instance URL without query, fragment or credentials"
+    return None
+
+
+def need_guid(value: Any, what: str = "a GUID") -> str | None:
+    if not isinstance(value, str) or not GUID_RE.match(value):
+        return f"expected {what} in the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, got {value!r}"
+    return None
+
+
+def need_text(value: Any, what: str, max_len: int = 256) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        return f"expected {what} as a non-empty string"
+    if len(value) > max_len:
+        return f"expected {what} of at most {max_len} characters"
+    return None
+
+
+def need_email(value: Any) -> str | None:
+    if not isinstance(value, str) or not EMAIL_RE.match(value):
+        return f"expected an e-mail address such as leads@contoso.com, got {value!r}"
+    return None
+
+
+def need_bool(value: Any) -> str | None:
+    return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
+
+
+def need_positive_int(value: Any, maximum: int = 86400) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        return f"expected a whole number of seconds, got {value!r}"
+    if not 1 <= int(value) <= maximum:
+        return f"expected between 1 and {maximum} seconds, got {int(value)}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# polling
+
+
+def wait_until(
+    probe: Callable[[], Any],
+    *,
+    timeout: float,
+    what: str,
+    first_delay: float = 0.5,
+    max_delay: float = 5.0,
+    on_wait: Callable[[float], None] | None = None,
+) -> Any:
+    """Call `probe` until it returns something truthy: capped exponential backoff, bounded overall.
+
+    Raises TimeoutError naming `what` when `timeout` seconds pass.
+    """
+    deadline = time.monotonic() + timeout
+    delay = first_delay
+    while True:
+        result = probe()
+        if result:
+            return result
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        if on_wait is not None:
+            on_wait(timeout - remaining)
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 1.6, max_delay)
+
+
+def ensure_stderr_logging() -> None:
+    """Progress logs go to stderr (the provider host's stderr) unless logging is configured already."""
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+
+
+# ---------------------------------------------------------------------------------------------
+# the provider base
+
+
+class DataverseResourceProvider(ResourceProvider):
+    """Base of every Dataverse provider. Only plain data lives on `self` (it is pickled by reference
+    and shared by the host's threads); clients, sessions and token caches are process-wide.
+    """
+
+    resource_type = "DataverseResource"
+    #: inputs that replace the object when they change
+    replace_keys: tuple[str, ...] = ("instance_url",)
+    #: secret inputs: re-wrapped as secrets wherever they are passed back
+    secret_keys: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._config: dict[str, str] = {}
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def configure(self, req: ConfigureRequest) -> None:
+        raw = getattr(req.config, "_props", None) or {}
+        config: dict[str, str] = {}
+        for key, value in raw.items():
+            if not isinstance(key, str) or not key.startswith(_CONFIG_PREFIXES):
+                continue
+            value = _plain(value)
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            if isinstance(value, str | int | float):
+                config[key] = str(value)
+        self._config = config
+
+    @property
+    def settings(self) -> Any:
+        """The deploying identity's settings: stack config from configure(), else environment."""
+        from dynamics_provider.auth import DeployerSettings
+
+        config = getattr(self, "_config", None) or None
+        return DeployerSettings.from_sources(config)
+
+    def client(self, instance_url: str, tokens: Any = None) -> Any:
+        """The process-wide DataverseClient for an organization (cached by the client module)."""
+        from dynamics_provider.client import DataverseClient
+
+        return DataverseClient.for_instance(instance_url, self.settings, tokens=tokens)
+
+    # -- property helpers ----------------------------------------------------------------------
+
+    def outputs(self, inputs: Mapping[str, Any], **observed: Any) -> dict[str, Any]:
+        """Full outputs: the (clean) inputs, then observed values; secret inputs stay secret."""
+        outs = clean(inputs)
+        outs.update(observed)
+        for key in self.secret_keys:
+            if outs.get(key) is not None:
+                outs[key] = secret(outs[key])
+        return outs
+
+    def check_result(self, inputs: dict[str, Any], failures: list[CheckFailure]) -> CheckResult:
+        """Inputs as the engine should store them: secrets re-wrapped, unknowns on the wire form."""
+        for key in self.secret_keys:
+            if inputs.get(key) is not None:
+                inputs[key] = secret(inputs[key])
+        return CheckResult(wire(inputs), failures)
+
+    @staticmethod
+    def known(props: Mapping[str, Any], key: str) -> bool:
+        return key in props and props[key] is not None and not is_unknown(props[key])
+
+    def diff_inputs(
+        self,
+        olds: Mapping[str, Any],
+        news: Mapping[str, Any],
+        keys: Iterable[str],
+        *,
+        expected: Mapping[str, Any] | None = None,
+    ) -> list[str]:
+        """Names of `keys` whose new value (unknown counts as changed) differs from the old state.
+
+        `expected` overrides the value compared for a key (e.g. a default the input omits).
+        """
+        changed = []
+        for key in keys:
+            new = (expected or {}).get(key, news.get(key))
+            if is_unknown(new) or not same(olds.get(key), new):
+                changed.append(key)
+        return changed
+
+    def diff_result(self, changed: Iterable[str], replace_keys: Iterable[str] | None = None) -> DiffResult:
+        changed = list(dict.fromkeys(changed))
+        replaces = [k for k in changed if k in set(replace_keys or self.replace_keys)]
+        return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=False)
+
+    # -- errors --------------------------------------------------------------------------------
+
+    @contextmanager
+    def operation(self, op: str, subject: str) -> Iterator[None]:
+        """Re-raise failures as ResourceOperationError naming resource, operation, cause, remedy."""
+        try:
+            yield
+        except ResourceOperationError:
+            raise
+        except DataverseError as exc:
+            cause = f"Dataverse answered {exc.status or '-'}"
+            if exc.code:
+                cause += f" {exc.code}"
+            cause += f": {exc.message}"
+            raise ResourceOperationError(
+                f"{self.resource_type} {op} failed for {subject}: {cause}",
+                hint=exc.hint or "check the organization and retry",
+            ) from exc
+        except AuthenticationError as exc:
+            raise ResourceOperationError(
+                f"{self.resource_type} {op} failed for {subject}: the deploying identity could not get a "
+                f"token ({exc.code or exc.error or 'no code'}): {Exception.__str__(exc)}",
+                hint=exc.hint
+                or "check lead-destination:deployerTenantId/deployerClientId/deployerClientSecret "
+                "(or ARM_* variables)",
+            ) from exc
+        except AmbiguousWriteError as exc:
+            raise ResourceOperationError(
+                f"{self.resource_type} {op} failed for {subject}: {Exception.__str__(exc)}",
+                hint="run `pulumi up` again: create looks the object up first and adopts it if it exists",
+            ) from exc
+        except LeadDestinationError as exc:
+            raise ResourceOperationError(
+                f"{self.resource_type} {op} failed for {subject}: {Exception.__str__(exc)}", hint=exc.hint
+            ) from exc
+        except TimeoutError as exc:
+            raise ResourceOperationError(
+                f"{self.resource_type} {op} failed for {subject}: {exc}",
+                hint="raise the timeout input or check the organization's system jobs",
+            ) from exc
+
+    def refuse(self, op: str, subject: str, message: str, hint: str) -> ResourceOperationError:
+        return ResourceOperationError(f"{self.resource_type} {op} refused for {subject}: {message}", hint=hint)
+
+
+def failures_for(checks: Mapping[str, str | None]) -> list[CheckFailure]:
+    return [CheckFailure(prop, reason) for prop, reason in checks.items() if reason]
