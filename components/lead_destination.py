@@ -1,0 +1,110 @@
+"""LeadDestination: the top-level component of one customer stack, and the program built around it.
+
+Chooses the identity mode (new Entra app, Office 365 user, or an existing app), wires it to the
+DynamicsLeadWriter and exposes the values Partner Center asks for.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pulumi
+
+from .entra import EntraServiceIdentity
+from .lead_writer import DynamicsLeadWriter, LeadWriterIdentity
+from .office365 import Office365ServiceAccount
+from .rotation import today_utc
+from .settings import Settings, load_settings
+
+
+class LeadDestination(pulumi.ComponentResource):
+    """Everything one Dynamics organization needs to receive marketplace leads."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        *,
+        today: dt.date | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("lead-destination:components:LeadDestination", name, None, opts)
+        today = today or today_utc()
+        child = pulumi.ResourceOptions(parent=self)
+        self.settings = settings
+        self.entra: EntraServiceIdentity | None = None
+        self.office365: Office365ServiceAccount | None = None
+
+        secret_expires_on: pulumi.Input[str | None] = None
+        if settings.mode == "azureAD":
+            self.entra = EntraServiceIdentity(f"{name}-app", settings.application, today=today, opts=child)
+            identity = LeadWriterIdentity(
+                application_id=self.entra.client_id,
+                tenant_id=self.entra.tenant_id,
+                client_secret=self.entra.client_secret,
+                triggers={"secretKeyId": self.entra.key_id, "rotation": self.entra.rotation_key},
+                depends_on=[self.entra.service_principal],
+            )
+            secret_expires_on = self.entra.secret_expires_on
+        elif settings.mode == "existingApplication":
+            existing = settings.existing_application
+            assert existing is not None
+            identity = LeadWriterIdentity(
+                application_id=existing.client_id,
+                tenant_id=existing.tenant_id,
+                client_secret=pulumi.Output.secret(existing.secret),
+                triggers={"clientId": existing.client_id},
+            )
+        else:
+            assert settings.office365 is not None
+            self.office365 = Office365ServiceAccount(
+                f"{name}-o365", settings.office365, instance_url=settings.instance_url, today=today, opts=child
+            )
+            identity = LeadWriterIdentity(
+                systemuser_id=self.office365.systemuser_id,
+                username=self.office365.username,
+                password=self.office365.password,
+                triggers={"rotation": self.office365.rotation_key},
+                depends_on=[self.office365.synced_user],
+            )
+            secret_expires_on = self.office365.password_rotates_on
+
+        self.writer = DynamicsLeadWriter(f"{name}-dynamics", settings, identity, opts=child)
+
+        pc: dict[str, Any] = {"instanceUrl": settings.instance_url, "authentication": settings.authentication}
+        if settings.authentication == "azureAD":
+            pc.update(
+                applicationId=identity.application_id,
+                directoryId=identity.tenant_id,
+                clientSecret=pulumi.Output.secret(identity.client_secret),
+            )
+        else:
+            pc.update(username=identity.username, password=pulumi.Output.secret(identity.password))
+        pc["contactEmail"] = settings.contact_email
+        self.partner_center = pulumi.Output.all(**pc)  # secret because it holds the credential
+        self.secret_expires_on = pulumi.Output.from_input(secret_expires_on)
+        self.solution_version = self.writer.solution_version
+        self.application_user_id = self.writer.user_id
+        self.validated_at = self.writer.validated_at
+        self.register_outputs(
+            {
+                "partnerCenter": self.partner_center,
+                "secretExpiresOn": self.secret_expires_on,
+                "solutionVersion": self.solution_version,
+                "applicationUserId": self.application_user_id,
+                "validatedAt": self.validated_at,
+            }
+        )
+
+
+def run(settings: Settings | None = None, *, today: dt.date | None = None) -> LeadDestination:
+    """The program: validate the stack config (nothing registers if it is wrong), build, export."""
+    settings = settings or load_settings()
+    destination = LeadDestination(pulumi.get_stack(), settings, today=today)
+    pulumi.export("partnerCenter", destination.partner_center)
+    pulumi.export("secretExpiresOn", destination.secret_expires_on)
+    pulumi.export("solutionVersion", destination.solution_version)
+    pulumi.export("applicationUserId", destination.application_user_id)
+    pulumi.export("validatedAt", destination.validated_at)
+    return destination

@@ -1,0 +1,120 @@
+"""DynamicsLeadWriter: the Dynamics side of the procedure, in dependency order.
+
+SolutionImport -> ApplicationUser (or the synced Office 365 user) -> SecurityRoleAssignment
+-> RolePrivileges (the YAML spec) -> LeadWriteCheck (when validation is on).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+
+from .settings import Settings
+
+
+@dataclass
+class LeadWriterIdentity:
+    """Who writes the leads: an Entra app (client credentials) or an Office 365 user (password)."""
+
+    application_id: pulumi.Input[str] | None = None  # app mode: becomes an ApplicationUser
+    tenant_id: pulumi.Input[str] | None = None
+    client_secret: pulumi.Input[str] | None = None
+    systemuser_id: pulumi.Input[str] | None = None  # Office 365 mode: the synced systemuser
+    username: pulumi.Input[str] | None = None
+    password: pulumi.Input[str] | None = None
+    triggers: dict[str, Any] | None = None  # rotation markers: a new credential re-runs the check
+    depends_on: list[pulumi.Resource] | None = None  # what must exist before the Dynamics user
+
+
+class DynamicsLeadWriter(pulumi.ComponentResource):
+    """Installs the solution, gives the lead writer its role and privileges, proves it can write a lead."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        identity: LeadWriterIdentity,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("lead-destination:components:DynamicsLeadWriter", name, None, opts)
+        import dynamics_provider as dp
+
+        url = settings.instance_url
+
+        def after(*resources: pulumi.Resource | None, extra: list[pulumi.Resource] | None = None):
+            deps = [r for r in resources if r is not None] + list(extra or [])
+            return pulumi.ResourceOptions(parent=self, depends_on=deps)
+
+        sol = settings.solution
+        solution_args: dict[str, Any] = {"source_path": sol.path} if sol.path else {
+            "source_url": sol.url, "sha256": sol.sha256}  # fmt: skip
+        self.solution = dp.SolutionImport(
+            f"{name}-solution",
+            instance_url=url,
+            allow_unmanaged=sol.allow_unmanaged,
+            import_timeout_seconds=sol.import_timeout_seconds,
+            opts=after(),
+            **solution_args,
+        )
+
+        self.application_user = None
+        if identity.application_id is not None:
+            self.application_user = dp.ApplicationUser(
+                f"{name}-user",
+                instance_url=url,
+                application_id=identity.application_id,
+                business_unit=settings.business_unit,
+                first_name=settings.application_user.first_name,
+                last_name=settings.application_user.last_name,
+                email=settings.application_user.email,
+                opts=after(self.solution, extra=identity.depends_on),
+            )
+            self.user_id = self.application_user.systemuser_id
+        else:
+            self.user_id = pulumi.Output.from_input(identity.systemuser_id)
+
+        user_deps = [self.application_user] if self.application_user else list(identity.depends_on or [])
+        self.role_assignment = dp.SecurityRoleAssignment(
+            f"{name}-role",
+            instance_url=url,
+            user_id=self.user_id,
+            role_name=settings.role_name,
+            opts=after(self.solution, extra=user_deps),
+        )
+        self.role_privileges = dp.RolePrivileges(
+            f"{name}-privileges",
+            instance_url=url,
+            role_name=settings.role_name,
+            privileges=[{"name": n, "depth": d} for n, d in settings.privileges],
+            opts=after(self.solution),
+        )
+
+        self.lead_check = None
+        if settings.validate:
+            credentials: dict[str, Any]
+            if identity.application_id is not None:
+                credentials = {"tenant_id": identity.tenant_id, "client_id": identity.application_id,
+                               "client_secret": pulumi.Output.secret(identity.client_secret)}  # fmt: skip
+            else:
+                credentials = {"username": identity.username, "password": pulumi.Output.secret(identity.password)}
+            self.lead_check = dp.LeadWriteCheck(
+                f"{name}-check",
+                instance_url=url,
+                keep_lead=False,
+                triggers=identity.triggers or {},
+                opts=after(self.role_assignment, self.role_privileges, self.application_user),
+                **credentials,
+            )
+
+        self.solution_version = self.solution.version
+        self.validated_at = self.lead_check.validated_at if self.lead_check else pulumi.Output.from_input(None)
+        self.register_outputs(
+            {
+                "solutionVersion": self.solution_version,
+                "userId": self.user_id,
+                "roleId": self.role_assignment.role_id,
+                "validatedAt": self.validated_at,
+            }
+        )
