@@ -5,6 +5,7 @@ DeployerSettings holds plain, picklable data only; msal applications are built l
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -351,6 +352,35 @@ class _MsalTokenProvider(_CachingTokenProvider):
             log.debug("could not drop a refused token from the msal cache", exc_info=False)
 
 
+def tls_verify(ca_bundle: str | None) -> str | bool:
+    """What to verify TLS with: the configured CA bundle, else the one named by the environment, else certifi."""
+    return ca_bundle or os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+
+
+def http_session(ca_bundle: str | None, url: str, *, retries: Any = 0, pool_maxsize: int = 10) -> Any:
+    """A requests.Session that verifies TLS with `ca_bundle` whatever the environment says.
+
+    trust_env is off (an environment CA bundle would silently replace ours, and a ~/.netrc entry
+    would replace our Authorization header); proxies from the environment are applied explicitly.
+    """
+    import requests
+
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = tls_verify(ca_bundle)
+    session.proxies = dict(requests.utils.get_environ_proxies(url))
+    adapter = requests.adapters.HTTPAdapter(max_retries=retries, pool_connections=4, pool_maxsize=pool_maxsize)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+def _msal_http_client(authority: str, ca_bundle: str | None) -> Any:
+    session = http_session(ca_bundle, authority, retries=1)
+    session.request = functools.partial(session.request, timeout=30)  # type: ignore[method-assign]
+    return session
+
+
 def _confidential_app(authority: str, client_id: str, credential: Any, ca_bundle: str | None) -> Any:
     import msal  # local import: keeps provider modules free of import-time work
 
@@ -358,9 +388,8 @@ def _confidential_app(authority: str, client_id: str, credential: Any, ca_bundle
         client_id,
         client_credential=credential,
         authority=authority,
-        verify=ca_bundle or True,
+        http_client=_msal_http_client(authority, ca_bundle),
         instance_discovery=_instance_discovery(authority),
-        timeout=30,
     )
 
 
@@ -398,9 +427,8 @@ def password_tokens(
         return msal.PublicClientApplication(
             client_id,
             authority=authority,
-            verify=ca_bundle or True,
+            http_client=_msal_http_client(authority, ca_bundle),
             instance_discovery=_instance_discovery(authority),
-            timeout=30,
         )
 
     def acquire(app: Any, scopes: list[str]) -> Mapping[str, Any]:

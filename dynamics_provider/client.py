@@ -21,7 +21,7 @@ from urllib.parse import quote, urljoin
 import requests
 import urllib3
 
-from .auth import DeployerSettings, TokenProvider, deployer_tokens
+from .auth import DeployerSettings, TokenProvider, deployer_tokens, http_session
 from .errors import (
     AmbiguousWriteError,
     DataverseError,
@@ -152,16 +152,12 @@ class ApiClient:
     def session(self) -> requests.Session:
         with self._session_lock:
             if self._session is None:
-                session = requests.Session()
-                adapter = requests.adapters.HTTPAdapter(
-                    pool_connections=4, pool_maxsize=32,
-                    max_retries=urllib3.Retry(total=0, connect=0, read=0, redirect=0, status=0,
-                                              raise_on_status=False, raise_on_redirect=False),
+                # retries are ours (one loop below), so urllib3 must never resend on its own
+                self._session = http_session(
+                    self.ca_bundle, self.base_url, pool_maxsize=32,
+                    retries=urllib3.Retry(total=0, connect=0, read=0, redirect=0, status=0,
+                                          raise_on_status=False, raise_on_redirect=False),
                 )
-                session.mount("https://", adapter)
-                session.verify = self.ca_bundle or True
-                session.trust_env = False  # no proxies/netrc credentials picked up behind our back
-                self._session = session
             return self._session
 
     def url_for(self, path: str) -> str:
@@ -513,7 +509,8 @@ class DataverseClient(ApiClient):
             else:
                 inline.append(f"{key}=@p{index}")
                 aliases[f"@p{index}"] = odata_string(text)
-        path = f"{quote(name)}({','.join(inline)})"
+        # Dataverse documents parameterless functions without parentheses (GET WhoAmI)
+        path = f"{quote(name)}({','.join(inline)})" if inline else quote(name)
         return self.get(path, aliases or None)
 
     def who_am_i(self) -> dict:
