@@ -339,9 +339,10 @@ class Directory:
                                  f"Issuer: '{claims.get('iss')}'. Assertion Subject: '{claims.get('sub')}'. "
                                  f"Assertion Audience: '{FEDERATED_AUDIENCE}'.")
             return
+        sent_256 = str(header.get("x5t#S256") or "").rstrip("=")  # msal keeps base64 padding
+        sent_1 = str(header.get("x5t") or "").rstrip("=")
         certs = [c for c in app["certificates"]
-                 if (header.get("x5t#S256") and c["x5t#S256"] == header["x5t#S256"])
-                 or (header.get("x5t") and c["x5t"] == header["x5t"])]
+                 if (sent_256 and c["x5t#S256"] == sent_256) or (sent_1 and c["x5t"] == sent_1)]
         if not certs:
             raise EntraError(401, "invalid_client", 700027,
                              f"The certificate with identifier used to sign the client assertion is not registered on "
