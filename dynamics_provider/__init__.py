@@ -13,6 +13,7 @@ _PUBLIC = {
     "SecurityRoleAssignment": "dynamics_provider.role_assignment",
     "RolePrivileges": "dynamics_provider.role_privileges",
     "LeadWriteCheck": "dynamics_provider.lead_check",
+    "SyncedUser": "dynamics_provider.synced_user",
     "OfferLeadDestination": "dynamics_provider.offer_destination",
 }
 

@@ -1,0 +1,259 @@
+"""LeadWriteCheck: Partner Center's "Validate" button as a resource (step 4 of the procedure).
+
+With the lead-writer identity it writes a test lead shaped like Partner Center's, reads it back and
+deletes it as the deploying identity; on failure it names the broken link of the chain.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+import uuid
+from typing import Any
+
+import pulumi
+from pulumi.dynamic import CheckResult, CreateResult, DiffResult, ReadResult, Resource, UpdateResult
+
+from dynamics_provider.base import (
+    DataverseResourceProvider,
+    ResourceOperationError,
+    clean,
+    failures_for,
+    need_bool,
+    need_guid,
+    need_https_url,
+    need_text,
+)
+from dynamics_provider.errors import (
+    AccessDenied,
+    AmbiguousWriteError,
+    AuthenticationError,
+    DataverseError,
+    NotFound,
+    Unauthorized,
+)
+
+INPUTS = ("instance_url", "tenant_id", "client_id", "client_secret", "username", "password", "keep_lead", "triggers")
+_EPOCH_TICKS = 621355968000000000  # .NET ticks at 1970-01-01
+_PRIVILEGE = re.compile(r"\b(prv[A-Za-z0-9_]+)")
+
+
+def dotnet_ticks(now: float | None = None) -> int:
+    return _EPOCH_TICKS + int((time.time() if now is None else now) * 10_000_000)
+
+
+def validation_lead(ticks: int) -> dict[str, str]:
+    """Partner Center's validation lead: every field MSFT_TEST_<ticks>."""
+    marker = f"MSFT_TEST_{ticks}"
+    return {field: marker for field in ("subject", "firstname", "lastname", "emailaddress1", "companyname")}
+
+
+class LeadWriteCheckProvider(DataverseResourceProvider):
+    resource_type = "LeadWriteCheck"
+    replace_keys = INPUTS
+    secret_keys = ("client_secret", "password")
+
+    # -- check / diff --------------------------------------------------------------------------
+
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        inputs = {k: v for k, v in clean(news).items() if k in INPUTS and v is not None}
+        inputs.setdefault("keep_lead", False)
+        checks: dict[str, str | None] = {
+            "instance_url": need_https_url(inputs.get("instance_url")),
+            "keep_lead": need_bool(inputs["keep_lead"]),
+        }
+        app = any(k in inputs for k in ("client_id", "client_secret", "tenant_id"))
+        user = any(k in inputs for k in ("username", "password"))
+        if app and user:
+            checks["username"] = "give either client_id + client_secret (+ tenant_id) or username + password, not both"
+        elif app:
+            checks["client_id"] = need_guid(inputs.get("client_id"), "the lead-writer application (client) id")
+            checks["client_secret"] = need_text(inputs.get("client_secret"), "the lead-writer client secret", 1024)
+            if "tenant_id" in inputs:
+                checks["tenant_id"] = need_guid(inputs["tenant_id"], "the directory (tenant) id")
+        elif user:
+            checks["username"] = need_text(inputs.get("username"), "the lead-writer user name (UPN)", 320)
+            checks["password"] = need_text(inputs.get("password"), "the lead-writer password", 1024)
+        else:
+            checks["client_id"] = "give the lead-writer credentials: client_id + client_secret, or username + password"
+        # a failure message never quotes a secret's value
+        for key in self.secret_keys:
+            if checks.get(key):
+                checks[key] = f"expected {key.replace('_', ' ')} as a non-empty string"
+        checks = {k: v for k, v in checks.items() if not (k in inputs and not self.known(inputs, k))}
+        return self.check_result(inputs, failures_for(checks))
+
+    def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        olds, news = clean(olds), clean(news)
+        return self.diff_result(self.diff_inputs(olds, news, INPUTS, expected={"keep_lead": bool(news.get("keep_lead"))}))
+
+    # -- create / read / update / delete -------------------------------------------------------
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        inputs = clean(props)
+        identity = inputs.get("client_id") or inputs.get("username")
+        subject = f"lead writer {identity}"
+        with self.operation("create", subject):
+            admin = self.client(inputs["instance_url"])
+            writer = self.client(inputs["instance_url"], tokens=self._writer_tokens(inputs))
+            lead = validation_lead(dotnet_ticks())
+            lead_id = self._write(inputs, admin, writer, lead, subject)
+            admin.get(f"leads({lead_id})", {"$select": "leadid,subject"})  # read back as the deployer
+            if not inputs.get("keep_lead"):
+                try:
+                    admin.delete("leads", lead_id)
+                except NotFound:
+                    pass
+        outs = self.outputs(
+            {k: inputs.get(k) for k in INPUTS},
+            lead_id=lead_id if inputs.get("keep_lead") else None,
+            validated_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            identity=identity,
+        )
+        return CreateResult(f"leadcheck-{uuid.uuid4()}", outs)
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        # A validation is an event, not a remote object: its record stays as it was.
+        return ReadResult(id_, self.outputs(props))
+
+    def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        state = clean(olds)
+        return UpdateResult(
+            self.outputs({k: clean(news).get(k) for k in INPUTS},
+                         **{k: state.get(k) for k in ("lead_id", "validated_at", "identity")})
+        )
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        state = clean(props)
+        if not state.get("lead_id"):
+            return
+        with self.operation("delete", f"test lead {state['lead_id']}"):
+            try:
+                self.client(state["instance_url"]).delete("leads", state["lead_id"])
+            except NotFound:
+                pass
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def _writer_tokens(self, inputs: dict[str, Any]) -> Any:
+        from dynamics_provider.auth import client_secret_tokens, password_tokens
+
+        settings = self.settings
+        if inputs.get("client_id"):
+            authority = settings.authority(inputs.get("tenant_id"))
+            return client_secret_tokens(authority, inputs["client_id"], inputs["client_secret"],
+                                        ca_bundle=settings.ca_bundle)
+        return password_tokens(settings.authority(inputs.get("tenant_id")), inputs["username"], inputs["password"],
+                               ca_bundle=settings.ca_bundle)
+
+    def _write(self, inputs: dict[str, Any], admin: Any, writer: Any, lead: dict[str, str], subject: str) -> str:
+        """Create the lead as the lead writer; on failure, diagnose which link of the chain broke."""
+        try:
+            writer.tokens.get_token(writer.instance_url + "/.default")
+        except AuthenticationError as exc:
+            raise ResourceOperationError(
+                f"LeadWriteCheck failed for {subject}: credentials rejected by Entra ID "
+                f"({exc.code or exc.error or 'no code'})",
+                hint="check the client secret (expired or rotated?) / password and the tenant id",
+            ) from exc
+        try:
+            try:
+                return writer.create("leads", lead)
+            except AmbiguousWriteError:
+                found = self._find_lead(admin, lead["subject"])
+                return found or writer.create("leads", lead)
+        except DataverseError as exc:
+            raise self._diagnose(inputs, admin, exc, subject) from exc
+
+    @staticmethod
+    def _find_lead(admin: Any, subject_text: str) -> str | None:
+        from dynamics_provider.client import odata_string
+
+        rows = admin.query("leads", select=["leadid"], filter=f"subject eq {odata_string(subject_text)}")
+        return rows[0]["leadid"] if rows else None
+
+    def _diagnose(self, inputs: dict[str, Any], admin: Any, exc: DataverseError, subject: str) -> Exception:
+        from dynamics_provider.client import odata_guid, odata_string
+
+        def fail(link: str, hint: str) -> ResourceOperationError:
+            detail = f"Dataverse answered {exc.status or '-'}" + (f" {exc.code}" if exc.code else "")
+            return ResourceOperationError(f"LeadWriteCheck failed for {subject}: {link} ({detail}: {exc.message})",
+                                          hint=hint)
+
+        if not isinstance(exc, AccessDenied | Unauthorized):
+            return fail("the test lead could not be written", exc.hint or "retry later")
+        try:
+            if inputs.get("client_id"):
+                users = admin.query("systemusers", select=["systemuserid", "isdisabled"],
+                                    filter=f"applicationid eq {odata_guid(inputs['client_id'])}")
+            else:
+                users = admin.query("systemusers", select=["systemuserid", "isdisabled"],
+                                    filter=f"domainname eq {odata_string(inputs['username'])}")
+        except DataverseError:
+            users = None
+        if users == []:
+            return fail("the lead writer is not a user of this organization",
+                        "create its application user (ApplicationUser) or wait for licence sync (SyncedUser)")
+        if users and users[0].get("isdisabled"):
+            return fail("the lead writer's user is disabled",
+                        "enable it (run `pulumi up`: ApplicationUser/SyncedUser re-enable it)")
+        if isinstance(exc, Unauthorized):
+            return fail("the organization refused the lead writer's token",
+                        "check that the identity is an enabled user of this organization")
+        if users:
+            try:
+                roles = admin.query(f"systemusers({users[0]['systemuserid']})/systemuserroles_association",
+                                    select=["roleid", "name"])
+            except DataverseError:
+                roles = None
+            if roles == []:
+                return fail("the lead writer has no security role",
+                            "assign the Microsoft Marketplace Lead Writer role (SecurityRoleAssignment)")
+        match = _PRIVILEGE.search(exc.message or "")
+        privilege = match.group(1) if match else "a privilege"
+        return fail(f"the lead writer's role is missing {privilege}",
+                    f"grant {privilege} to the lead writer's role (RolePrivileges) and run `pulumi up`")
+
+
+class LeadWriteCheck(Resource, module="dynamics", name="LeadWriteCheck"):
+    """Proves the lead writer can write a lead (Partner Center's "Validate"); re-runs when triggers change."""
+
+    instance_url: pulumi.Output[str]
+    keep_lead: pulumi.Output[bool]
+    triggers: pulumi.Output[Any]
+    lead_id: pulumi.Output[str | None]
+    validated_at: pulumi.Output[str]
+    identity: pulumi.Output[str]
+
+    def __init__(
+        self,
+        resource_name: str,
+        *,
+        instance_url: pulumi.Input[str],
+        tenant_id: pulumi.Input[str] | None = None,
+        client_id: pulumi.Input[str] | None = None,
+        client_secret: pulumi.Input[str] | None = None,
+        username: pulumi.Input[str] | None = None,
+        password: pulumi.Input[str] | None = None,
+        keep_lead: pulumi.Input[bool] = False,
+        triggers: pulumi.Input[Any] | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        props = {
+            "instance_url": instance_url,
+            "tenant_id": tenant_id,
+            "client_id": client_id,
+            "client_secret": pulumi.Output.secret(client_secret) if client_secret is not None else None,
+            "username": username,
+            "password": pulumi.Output.secret(password) if password is not None else None,
+            "keep_lead": keep_lead,
+            "triggers": triggers,
+            "lead_id": None,
+            "validated_at": None,
+            "identity": None,
+        }
+        opts = pulumi.ResourceOptions.merge(
+            opts, pulumi.ResourceOptions(additional_secret_outputs=["client_secret", "password"])
+        )
+        super().__init__(LeadWriteCheckProvider(), resource_name, props, opts)

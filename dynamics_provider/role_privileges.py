@@ -1,0 +1,322 @@
+"""RolePrivileges: exact depths for a listed set of privileges of a security role (step 3.2).
+
+Works on the role's root copy, touches only the listed privileges, records the depths it found
+before changing them and restores those on destroy. Depths are checked against the catalogue first.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pulumi
+from pulumi.dynamic import CheckResult, CreateResult, DiffResult, ReadResult, Resource, UpdateResult
+
+from dynamics_provider.base import (
+    DataverseResourceProvider,
+    clean,
+    failures_for,
+    is_unknown,
+    need_guid,
+    need_https_url,
+    need_text,
+    same,
+)
+from dynamics_provider.errors import NotFound
+
+DEPTHS = ("Basic", "Local", "Deep", "Global")
+_ALIASES = {
+    "basic": "Basic", "user": "Basic",
+    "local": "Local", "businessunit": "Local",
+    "deep": "Deep", "parentchildbusinessunits": "Deep", "parentchildbusinessunit": "Deep",
+    "global": "Global", "organization": "Global",
+}  # fmt: skip
+_PRIVILEGE_NAME = re.compile(r"^prv[A-Za-z0-9_]+$")
+INPUTS = ("instance_url", "role_name", "role_id", "privileges")
+
+
+def normalize_depth(depth: Any) -> str | None:
+    """Basic/Local/Deep/Global from either Dataverse or UI names (case, spaces and ':' ignored)."""
+    if isinstance(depth, int) and not isinstance(depth, bool) and 0 <= depth < 4:
+        return DEPTHS[depth]
+    if not isinstance(depth, str):
+        return None
+    return _ALIASES.get(re.sub(r"[\s:_\-]", "", depth).lower())
+
+
+def rank(depth: str | None) -> int:
+    return -1 if depth is None else DEPTHS.index(depth)
+
+
+class RolePrivilegesProvider(DataverseResourceProvider):
+    resource_type = "RolePrivileges"
+    replace_keys = ("instance_url", "role_name", "role_id")
+
+    # -- check / diff --------------------------------------------------------------------------
+
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        inputs = {k: v for k, v in clean(news).items() if k in INPUTS and v is not None}
+        checks: dict[str, str | None] = {"instance_url": need_https_url(inputs.get("instance_url"))}
+        if "role_name" in inputs and "role_id" in inputs:
+            checks["role_id"] = "give either role_name or role_id, not both"
+        elif "role_id" in inputs:
+            checks["role_id"] = need_guid(inputs["role_id"], "the role id")
+        else:
+            checks["role_name"] = need_text(inputs.get("role_name"), "the security role's name (or role_id)", 100)
+        privileges = inputs.get("privileges")
+        if not is_unknown(privileges):
+            normalized, reason = self._normalize(privileges)
+            checks["privileges"] = reason
+            if reason is None:
+                inputs["privileges"] = normalized
+        checks = {k: v for k, v in checks.items() if not (k in inputs and not self.known(inputs, k))}
+        return self.check_result(inputs, failures_for(checks))
+
+    @staticmethod
+    def _normalize(privileges: Any) -> tuple[list[dict[str, str]], str | None]:
+        if not isinstance(privileges, list) or not privileges:
+            return [], "expected a non-empty list of {name, depth}, e.g. [{name: prvReadLead, depth: Global}]"
+        out, seen, problems = [], set(), []
+        for i, item in enumerate(privileges):
+            if is_unknown(item) or (isinstance(item, dict) and any(is_unknown(v) for v in item.values())):
+                out.append(item)
+                continue
+            if not isinstance(item, dict) or set(item) - {"name", "depth"}:
+                problems.append(f"item {i}: expected exactly the keys name and depth")
+                continue
+            name, depth = item.get("name"), normalize_depth(item.get("depth"))
+            if not isinstance(name, str) or not _PRIVILEGE_NAME.match(name):
+                problems.append(f"item {i}: privilege name {name!r} must look like prvReadLead")
+            elif name.lower() in seen:
+                problems.append(f"{name} is listed twice")
+            if depth is None:
+                problems.append(
+                    f"item {i}: depth {item.get('depth')!r} is not one of Basic/Local/Deep/Global "
+                    "(or User/BusinessUnit/ParentChildBusinessUnits/Organization)"
+                )
+            if isinstance(name, str):
+                seen.add(name.lower())
+            out.append({"name": name, "depth": depth})
+        return out, ("; ".join(problems) or None)
+
+    def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        olds, news = clean(olds), clean(news)
+        changed = self.diff_inputs(olds, news, ["instance_url", "role_name", "role_id"])
+        wanted = news.get("privileges")
+        if is_unknown(wanted) or not isinstance(wanted, list):
+            changed.append("privileges")
+        else:
+            found = olds.get("depths") or {}
+            desired = {p.get("name"): normalize_depth(p.get("depth")) for p in wanted if isinstance(p, dict)}
+            managed_before = {p.get("name") for p in olds.get("privileges") or []}
+            if set(desired) != managed_before or any(found.get(n) != d for n, d in desired.items()):
+                changed.append("privileges")
+        return self.diff_result(changed)
+
+    # -- create / read / update / delete -------------------------------------------------------
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        inputs = clean(props)
+        subject = f"role {inputs.get('role_name') or inputs.get('role_id')}"
+        with self.operation("create", subject):
+            client = self.client(inputs["instance_url"])
+            role = self._root_role(client, inputs, subject)
+            desired = self._desired(inputs)
+            catalogue = self._catalogue(client, desired, subject)
+            current = self._current(client, role["roleid"])
+            previous = {name: current.get(name) for name in desired}
+            self._apply(client, role, desired, current, catalogue)
+            depths = self._read_depths(client, role["roleid"], desired)
+        return CreateResult(role["roleid"], self._outs(inputs, role["roleid"], depths, previous))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        state = clean(props)
+        with self.operation("read", f"role {id_}"):
+            client = self.client(state["instance_url"])
+            try:
+                depths = self._read_depths(client, id_, self._desired(state))
+            except NotFound:
+                return ReadResult("", {})
+        return ReadResult(id_, {**state, "depths": depths})
+
+    def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        inputs, state = clean(news), clean(olds)
+        with self.operation("update", f"role {id_}"):
+            client = self.client(inputs["instance_url"])
+            role = self._role(client, id_)
+            desired = self._desired(inputs)
+            previous = dict(state.get("previous_depths") or {})
+            released = [n for n in previous if n not in desired]
+            catalogue = self._catalogue(client, {**desired, **{n: None for n in released}}, f"role {id_}")
+            current = self._current(client, id_)
+            for name in desired:
+                previous.setdefault(name, current.get(name))
+            restore = {n: previous.pop(n) for n in released}
+            self._apply(client, role, {**desired, **restore}, current, catalogue)
+            depths = self._read_depths(client, id_, desired)
+        return UpdateResult(self._outs(inputs, id_, depths, previous))
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        state = clean(props)
+        previous = state.get("previous_depths") or {}
+        if not previous:
+            return
+        with self.operation("delete", f"role {id_}"):
+            client = self.client(state["instance_url"])
+            try:
+                role = self._role(client, id_)
+            except NotFound:
+                return  # the role is gone (solution uninstalled): nothing to restore
+            catalogue = self._catalogue(client, previous, f"role {id_}")
+            self._apply(client, role, previous, self._current(client, id_), catalogue)
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _desired(props: dict[str, Any]) -> dict[str, str]:
+        return {p["name"]: normalize_depth(p["depth"]) for p in props.get("privileges") or []}
+
+    @staticmethod
+    def _role(client: Any, role_id: str) -> dict[str, Any]:
+        return client.get(f"roles({role_id})", {"$select": "roleid,name,_businessunitid_value,_parentrootroleid_value"})
+
+    def _root_role(self, client: Any, inputs: dict[str, Any], subject: str) -> dict[str, Any]:
+        """The role's copy in the root business unit (privileges are edited there)."""
+        from dynamics_provider.client import odata_guid, odata_string
+
+        if inputs.get("role_id"):
+            try:
+                role = self._role(client, inputs["role_id"])
+            except NotFound:
+                raise self.refuse("create", subject, "no role has this id", "pass an existing role's id") from None
+            root = role.get("_parentrootroleid_value")
+            return role if not root or same(root, role["roleid"]) else self._role(client, root)
+        root_bu = client.query("businessunits", select=["businessunitid"], filter="_parentbusinessunitid_value eq null")
+        rows = client.query(
+            "roles",
+            select=["roleid", "name", "_businessunitid_value", "_parentrootroleid_value"],
+            filter=f"name eq {odata_string(inputs['role_name'])} and "
+            f"_businessunitid_value eq {odata_guid(root_bu[0]['businessunitid'])}",
+        )
+        if not rows:
+            raise self.refuse(
+                "create", subject, f"no role named {inputs['role_name']!r} exists in the root business unit",
+                "import the solution that brings the role (SolutionImport) first, or fix the name",
+            )
+        return rows[0]
+
+    def _catalogue(self, client: Any, names: dict[str, Any], subject: str) -> dict[str, dict[str, Any]]:
+        """Privilege rows by name; refuses unknown privileges and depths they do not allow."""
+        from dynamics_provider.client import odata_string
+
+        if not names:
+            return {}
+        rows = client.query(
+            "privileges",
+            select=["privilegeid", "name", "canbebasic", "canbelocal", "canbedeep", "canbeglobal"],
+            filter=" or ".join(f"name eq {odata_string(n)}" for n in names),
+        )
+        by_name = {r["name"].lower(): r for r in rows}
+        problems = []
+        for name, depth in names.items():
+            row = by_name.get(name.lower())
+            if row is None:
+                problems.append(f"{name} is not a privilege of this organization")
+                continue
+            allowed = [d for d in DEPTHS if row.get(f"canbe{d.lower()}")]
+            if depth is not None and depth not in allowed:
+                problems.append(f"{name} cannot be {depth} (allowed: {', '.join(allowed) or 'none'})")
+        if problems:
+            raise self.refuse(
+                "write", subject, "; ".join(problems),
+                "use the depths the privilege allows (Security Roles editor shows them); nothing was changed",
+            )
+        return {name: by_name[name.lower()] for name in names}
+
+    @staticmethod
+    def _current(client: Any, role_id: str) -> dict[str, str]:
+        result = client.function("RetrieveRolePrivilegesRole", RoleId=role_id) or {}
+        return {
+            p["PrivilegeName"]: normalize_depth(p.get("Depth")) or "Basic" for p in result.get("RolePrivileges", [])
+        }
+
+    def _read_depths(self, client: Any, role_id: str, desired: dict[str, str]) -> dict[str, str | None]:
+        current = {k.lower(): v for k, v in self._current(client, role_id).items()}
+        return {name: current.get(name.lower()) for name in desired}
+
+    @staticmethod
+    def _apply(
+        client: Any,
+        role: dict[str, Any],
+        target: dict[str, str | None],
+        current: dict[str, str],
+        catalogue: dict[str, dict[str, Any]],
+    ) -> None:
+        """Bring each listed privilege to exactly its target depth (None = absent), nothing else.
+
+        AddPrivilegesRole only adds or raises; lowering needs RemovePrivilegeRole first.
+        """
+        role_id, bu = role["roleid"], role.get("_businessunitid_value")
+        current = {k.lower(): v for k, v in current.items()}
+        to_add = []
+        for name, depth in target.items():
+            have = current.get(name.lower())
+            if have == depth:
+                continue
+            privilege_id = catalogue[name]["privilegeid"]
+            if have is not None and (depth is None or rank(depth) < rank(have)):
+                try:
+                    client.action("RemovePrivilegeRole", {"PrivilegeId": privilege_id}, bound=("roles", role_id))
+                except NotFound:
+                    pass
+            if depth is not None:
+                to_add.append({"PrivilegeId": privilege_id, "Depth": depth, "BusinessUnitId": bu})
+        if to_add:
+            client.action("AddPrivilegesRole", {"Privileges": to_add}, bound=("roles", role_id))
+
+    @staticmethod
+    def _outs(
+        inputs: dict[str, Any], root_role_id: str, depths: dict[str, str | None], previous: dict[str, str | None]
+    ) -> dict[str, Any]:
+        return {
+            "instance_url": inputs.get("instance_url"),
+            "role_name": inputs.get("role_name"),
+            "role_id": inputs.get("role_id"),
+            "privileges": inputs.get("privileges"),
+            "root_role_id": root_role_id,
+            "depths": depths,
+            "previous_depths": previous,
+        }
+
+
+class RolePrivileges(Resource, module="dynamics", name="RolePrivileges"):
+    """Exact depths for the listed privileges of a security role; other privileges are untouched."""
+
+    instance_url: pulumi.Output[str]
+    role_name: pulumi.Output[str | None]
+    role_id: pulumi.Output[str | None]
+    privileges: pulumi.Output[list]
+    root_role_id: pulumi.Output[str]
+    depths: pulumi.Output[dict]
+    previous_depths: pulumi.Output[dict]
+
+    def __init__(
+        self,
+        resource_name: str,
+        *,
+        instance_url: pulumi.Input[str],
+        privileges: pulumi.Input[list],
+        role_name: pulumi.Input[str] | None = None,
+        role_id: pulumi.Input[str] | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        props = {
+            "instance_url": instance_url,
+            "role_name": role_name,
+            "role_id": role_id,
+            "privileges": privileges,
+            "root_role_id": None,
+            "depths": None,
+            "previous_depths": None,
+        }
+        super().__init__(RolePrivilegesProvider(), resource_name, props, opts)

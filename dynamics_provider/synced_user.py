@@ -1,0 +1,169 @@
+"""SyncedUser: the Dataverse systemuser of an Office 365 lead writer (procedure step 2b.4).
+
+Licence sync creates the user, not us: create waits (bounded, capped backoff) until it appears and
+adopts it; a user disabled by hand is re-enabled; destroy releases it and never deletes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+from pulumi.dynamic import CheckResult, CreateResult, DiffResult, ReadResult, Resource, UpdateResult
+
+from dynamics_provider.base import (
+    DataverseResourceProvider,
+    clean,
+    ensure_stderr_logging,
+    failures_for,
+    log,
+    need_guid,
+    need_https_url,
+    need_positive_int,
+    need_text,
+    wait_until,
+)
+from dynamics_provider.errors import NotFound
+
+INPUTS = ("instance_url", "user_principal_name", "azure_object_id", "wait_timeout_seconds")
+USER_FIELDS = ["systemuserid", "isdisabled", "_businessunitid_value", "domainname", "azureactivedirectoryobjectid"]
+DEFAULT_WAIT = 900
+
+
+class SyncedUserProvider(DataverseResourceProvider):
+    resource_type = "SyncedUser"
+    replace_keys = ("instance_url", "user_principal_name", "azure_object_id")
+
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        inputs = {k: v for k, v in clean(news).items() if k in INPUTS and v is not None}
+        inputs.setdefault("wait_timeout_seconds", DEFAULT_WAIT)
+        checks: dict[str, str | None] = {
+            "instance_url": need_https_url(inputs.get("instance_url")),
+            "user_principal_name": need_text(inputs.get("user_principal_name"), "the user principal name", 320),
+            "wait_timeout_seconds": need_positive_int(inputs["wait_timeout_seconds"], 24 * 3600),
+        }
+        if "azure_object_id" in inputs:
+            checks["azure_object_id"] = need_guid(inputs["azure_object_id"], "the Entra object id")
+        checks = {k: v for k, v in checks.items() if not (k in inputs and not self.known(inputs, k))}
+        return self.check_result(inputs, failures_for(checks))
+
+    def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        olds, news = clean(olds), clean(news)
+        changed = self.diff_inputs(olds, news, INPUTS, expected={
+            "wait_timeout_seconds": news.get("wait_timeout_seconds", DEFAULT_WAIT)})
+        if olds.get("disabled"):
+            changed.append("disabled")
+        return self.diff_result(changed)
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        inputs = clean(props)
+        upn = inputs["user_principal_name"]
+        with self.operation("create", f"user {upn}"):
+            client = self.client(inputs["instance_url"])
+            ensure_stderr_logging()
+
+            def waiting(elapsed: float) -> None:
+                log.info("SyncedUser: %s not in the organization yet (licence sync), %.0f s", upn, elapsed)
+
+            user = wait_until(
+                lambda: self._find(client, inputs),
+                timeout=int(inputs.get("wait_timeout_seconds") or DEFAULT_WAIT),
+                what=f"licence sync to create the systemuser of {upn} (is a Dynamics 365 licence assigned?)",
+                first_delay=1.0, max_delay=15.0, on_wait=waiting,
+            )
+            user = self._enable(client, user)
+        return CreateResult(user["systemuserid"], self._outs(inputs, user))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        state = clean(props)
+        with self.operation("read", f"systemuser {id_}"):
+            user = self._get(self.client(state["instance_url"]), id_)
+        if user is None:
+            return ReadResult("", {})
+        return ReadResult(id_, self._outs(state, user))
+
+    def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        inputs = clean(news)
+        with self.operation("update", f"systemuser {id_}"):
+            client = self.client(inputs["instance_url"])
+            user = self._get(client, id_)
+            if user is None:
+                raise self.refuse("update", f"systemuser {id_}", "the user no longer exists",
+                                  "run `pulumi refresh`, then `pulumi up` waits for licence sync again")
+            user = self._enable(client, user)
+        return UpdateResult(self._outs(inputs, user))
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        """Released: licence sync owns the systemuser; removing the licence is the Entra side's job."""
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _find(client: Any, inputs: dict[str, Any]) -> dict[str, Any] | None:
+        from dynamics_provider.client import odata_guid, odata_string
+
+        if inputs.get("azure_object_id"):
+            rows = client.query("systemusers", select=USER_FIELDS,
+                                filter=f"azureactivedirectoryobjectid eq {odata_guid(inputs['azure_object_id'])}")
+            if rows:
+                return rows[0]
+        rows = client.query("systemusers", select=USER_FIELDS,
+                            filter=f"domainname eq {odata_string(inputs['user_principal_name'])}")
+        return rows[0] if rows else None
+
+    @staticmethod
+    def _get(client: Any, id_: str) -> dict[str, Any] | None:
+        try:
+            return client.get(f"systemusers({id_})", {"$select": ",".join(USER_FIELDS)})
+        except NotFound:
+            return None
+
+    def _enable(self, client: Any, user: dict[str, Any]) -> dict[str, Any]:
+        if user.get("isdisabled"):
+            client.update("systemusers", user["systemuserid"], {"isdisabled": False})
+            user = {**user, "isdisabled": False}
+        return user
+
+    @staticmethod
+    def _outs(inputs: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
+        outs = {k: inputs.get(k) for k in INPUTS}
+        outs["wait_timeout_seconds"] = int(outs.get("wait_timeout_seconds") or DEFAULT_WAIT)
+        outs.update(
+            systemuser_id=user["systemuserid"],
+            business_unit_id=user.get("_businessunitid_value"),
+            disabled=bool(user.get("isdisabled")),
+        )
+        return outs
+
+
+class SyncedUser(Resource, module="dynamics", name="SyncedUser"):
+    """The systemuser licence sync created for an Office 365 lead writer, adopted once it appears."""
+
+    instance_url: pulumi.Output[str]
+    user_principal_name: pulumi.Output[str]
+    azure_object_id: pulumi.Output[str | None]
+    wait_timeout_seconds: pulumi.Output[int]
+    systemuser_id: pulumi.Output[str]
+    business_unit_id: pulumi.Output[str]
+    disabled: pulumi.Output[bool]
+
+    def __init__(
+        self,
+        resource_name: str,
+        *,
+        instance_url: pulumi.Input[str],
+        user_principal_name: pulumi.Input[str],
+        azure_object_id: pulumi.Input[str] | None = None,
+        wait_timeout_seconds: pulumi.Input[int] = DEFAULT_WAIT,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        props = {
+            "instance_url": instance_url,
+            "user_principal_name": user_principal_name,
+            "azure_object_id": azure_object_id,
+            "wait_timeout_seconds": wait_timeout_seconds,
+            "systemuser_id": None,
+            "business_unit_id": None,
+            "disabled": None,
+        }
+        super().__init__(SyncedUserProvider(), resource_name, props, opts)
