@@ -80,7 +80,8 @@ class ToyProvider(ResourceProvider):
         return CheckResult(news, failures)
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        old, new = _clean(olds), _clean(news)
+        defaults = {"kind": "plain", "size": 0}
+        old, new = {**defaults, **_clean(olds)}, {**defaults, **_clean(news)}
         keys = ("name", "kind", "size", "token", "fail_on")
         changed = [k for k in keys if old.get(k) != new.get(k) and not (k == "token" and old.get("token_hash"))]
         if new.get("token") and old.get("token_hash"):
