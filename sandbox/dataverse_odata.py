@@ -1,0 +1,419 @@
+"""OData subset of the Dataverse emulator: table schemas, $select/$filter/$top parsing and evaluation,
+and the multipart/mixed framing of $batch. No organization state lives here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ODataError(Exception):
+    """A request the Web API refuses; status, Dataverse code and message for the error envelope."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def bad_request(message: str) -> ODataError:
+    return ODataError(400, "0x0", message)
+
+
+GUID, STR, BOOL, INT, DATE, MEMO = "Edm.Guid", "Edm.String", "Edm.Boolean", "Edm.Int32", "Edm.DateTimeOffset", "Edm.String"
+
+
+@dataclass(frozen=True)
+class Table:
+    logical: str
+    entity_set: str
+    key: str
+    display: str  # the name used in "{entity} With Id = … Does Not Exist"
+    columns: dict[str, str]
+    creatable: frozenset[str] = frozenset()
+    updatable: frozenset[str] = frozenset()
+    binds: dict[str, str] = field(default_factory=dict)  # nav property -> (lookup column) for @odata.bind
+    navigations: frozenset[str] = frozenset()
+
+
+_COMMON = {"createdon": DATE, "modifiedon": DATE, "versionnumber": INT}
+
+TABLES: dict[str, Table] = {}
+
+
+def _table(t: Table) -> None:
+    TABLES[t.entity_set] = t
+
+
+_table(Table("businessunit", "businessunits", "businessunitid", "BusinessUnit",
+             {"businessunitid": GUID, "name": STR, "_parentbusinessunitid_value": GUID, "isdisabled": BOOL,
+              "divisionname": STR, **_COMMON},
+             creatable=frozenset({"name", "divisionname"}), updatable=frozenset({"name", "divisionname"}),
+             binds={"parentbusinessunitid": "_parentbusinessunitid_value"}))
+_table(Table("systemuser", "systemusers", "systemuserid", "SystemUser",
+             {"systemuserid": GUID, "applicationid": GUID, "azureactivedirectoryobjectid": GUID,
+              "firstname": STR, "lastname": STR, "fullname": STR, "internalemailaddress": STR,
+              "domainname": STR, "isdisabled": BOOL, "accessmode": INT, "_businessunitid_value": GUID,
+              "islicensed": BOOL, "title": STR, **_COMMON},
+             creatable=frozenset({"applicationid", "firstname", "lastname", "internalemailaddress", "domainname",
+                                  "accessmode", "isdisabled", "title"}),
+             updatable=frozenset({"firstname", "lastname", "isdisabled", "title", "internalemailaddress",
+                                  "domainname"}),
+             binds={"businessunitid": "_businessunitid_value"},
+             navigations=frozenset({"systemuserroles_association"})))
+_table(Table("role", "roles", "roleid", "Role",
+             {"roleid": GUID, "name": STR, "_businessunitid_value": GUID, "_parentrootroleid_value": GUID,
+              "_parentroleid_value": GUID, "ismanaged": BOOL, "_solutionid_value": GUID, **_COMMON},
+             navigations=frozenset({"systemuserroles_association"})))
+_table(Table("solution", "solutions", "solutionid", "Solution",
+             {"solutionid": GUID, "uniquename": STR, "friendlyname": STR, "version": STR, "ismanaged": BOOL,
+              "installedon": DATE, "description": STR, "isvisible": BOOL, **_COMMON}))
+_table(Table("asyncoperation", "asyncoperations", "asyncoperationid", "AsyncOperation",
+             {"asyncoperationid": GUID, "name": STR, "operationtype": INT, "statecode": INT, "statuscode": INT,
+              "message": STR, "friendlymessage": STR, "startedon": DATE, "completedon": DATE,
+              "_ownerid_value": GUID, "correlationid": GUID, **_COMMON}))
+_table(Table("importjob", "importjobs", "importjobid", "ImportJob",
+             {"importjobid": GUID, "progress": "Edm.Double", "data": STR, "solutionname": STR,
+              "startedon": DATE, "completedon": DATE, "_solutionid_value": GUID, "name": STR, **_COMMON}))
+_table(Table("privilege", "privileges", "privilegeid", "Privilege",
+             {"privilegeid": GUID, "name": STR, "accessright": INT, "canbebasic": BOOL, "canbelocal": BOOL,
+              "canbedeep": BOOL, "canbeglobal": BOOL, "canbeentityreference": BOOL,
+              "canbeparententityreference": BOOL}))
+_LEAD_FIELDS = ("subject", "firstname", "lastname", "emailaddress1", "companyname", "telephone1", "mobilephone",
+                "jobtitle", "description", "address1_country", "address1_city", "address1_stateorprovince",
+                "address1_postalcode", "address1_line1", "websiteurl")
+_table(Table("lead", "leads", "leadid", "lead",
+             {"leadid": GUID, **{f: STR for f in _LEAD_FIELDS}, "numberofemployees": INT, "fullname": STR,
+              "leadsourcecode": INT, "statecode": INT, "statuscode": INT, "_ownerid_value": GUID,
+              "_owningbusinessunit_value": GUID, **_COMMON},
+             creatable=frozenset({*_LEAD_FIELDS, "leadsourcecode", "numberofemployees", "leadid"}),
+             updatable=frozenset({*_LEAD_FIELDS, "leadsourcecode", "numberofemployees", "statecode", "statuscode"})))
+
+# Inferred: Dataverse computes these and refuses to accept them in a body.
+READ_ONLY_HINT = "The property '{0}' is read-only and cannot be set."
+
+
+def unknown_property(name: str, table: Table) -> ODataError:
+    # Dataverse/OData wording for an unknown column in $select, $filter or a body.
+    return bad_request(f"Could not find a property named '{name}' on type 'Microsoft.Dynamics.CRM.{table.logical}'.")
+
+
+def parse_guid(text: str) -> str:
+    try:
+        return str(uuid.UUID(text.strip().strip("{}")))
+    except (ValueError, AttributeError):
+        raise bad_request(f"Unrecognized 'Edm.Guid' literal '{text}'.") from None
+
+
+# ---------------------------------------------------------------- $select / $top / $expand
+
+def parse_select(table: Table, text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    cols = [c.strip() for c in text.split(",") if c.strip()]
+    for c in cols:
+        if c not in table.columns:
+            raise unknown_property(c, table)
+    return cols
+
+
+def parse_top(text: str | None) -> int | None:
+    if text is None:
+        return None
+    if not text.isdigit():
+        raise bad_request(f"Invalid value '{text}' for $top query option found.")
+    return int(text)
+
+
+def parse_expand(table: Table, text: str | None) -> list[tuple[str, dict[str, str]]]:
+    """`nav($select=a,b;$filter=…)` items; only the navigation properties the table declares."""
+    if not text:
+        return []
+    out = []
+    for item in _split_top_level(text, ","):
+        m = re.fullmatch(r"\s*(\w+)\s*(?:\((.*)\))?\s*", item)
+        if not m:
+            raise bad_request(f"Syntax error in $expand: '{item}'.")
+        nav, inner = m.group(1), m.group(2) or ""
+        if nav not in table.navigations:
+            raise unknown_property(nav, table)
+        opts = {}
+        for opt in _split_top_level(inner, ";"):
+            if opt.strip():
+                k, _, v = opt.partition("=")
+                opts[k.strip()] = v
+        out.append((nav, opts))
+    return out
+
+
+def _split_top_level(text: str, sep: str) -> list[str]:
+    parts, depth, cur, quote = [], 0, [], False
+    for ch in text:
+        if ch == "'":
+            quote = not quote
+        elif not quote and ch == "(":
+            depth += 1
+        elif not quote and ch == ")":
+            depth -= 1
+        if ch == sep and depth == 0 and not quote:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    return parts
+
+
+def etag(row: dict) -> str:
+    return f'W/"{row.get("versionnumber", 0)}"'
+
+
+def project(table: Table, row: dict, select: list[str] | None) -> dict:
+    cols = select if select is not None else list(table.columns)
+    out: dict[str, Any] = {"@odata.etag": etag(row)} if "versionnumber" in table.columns else {}
+    for c in cols:
+        out[c] = row.get(c)
+    if table.key not in out:
+        out[table.key] = row.get(table.key)
+    return out
+
+
+# ---------------------------------------------------------------- $filter
+
+_TOKEN = re.compile(
+    r"\s*(?:(?P<str>'(?:[^']|'')*')|(?P<guid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
+    r"|(?P<num>-?\d+(?:\.\d+)?)|(?P<word>[A-Za-z_][\w.]*)|(?P<punc>[(),]))"
+)
+
+
+def _tokenize(text: str) -> list[tuple[str, str]]:
+    pos, out = 0, []
+    while pos < len(text):
+        if text[pos:].strip() == "":
+            break
+        m = _TOKEN.match(text, pos)
+        if not m:
+            raise bad_request(f"Syntax error at position {pos} in '{text}'.")
+        kind = m.lastgroup
+        out.append((kind, m.group(kind)))
+        pos = m.end()
+    return out
+
+
+class _Parser:
+    """Recursive descent: or-expr := and-expr ('or' and-expr)*; and-expr := cmp ('and' cmp)*;
+    cmp := '(' or-expr ')' | 'not' cmp | operand (eq|ne) operand | func '(' col ',' str ')'."""
+
+    def __init__(self, table: Table, text: str):
+        self.table, self.text, self.toks, self.i = table, text, _tokenize(text), 0
+
+    def peek(self):
+        return self.toks[self.i] if self.i < len(self.toks) else (None, None)
+
+    def take(self):
+        tok = self.peek()
+        self.i += 1
+        return tok
+
+    def parse(self):
+        node = self.or_expr()
+        if self.i != len(self.toks):
+            raise bad_request(f"Syntax error: unexpected '{self.peek()[1]}' in $filter '{self.text}'.")
+        return node
+
+    def or_expr(self):
+        node = self.and_expr()
+        while self.peek() == ("word", "or"):
+            self.take()
+            node = ("or", node, self.and_expr())
+        return node
+
+    def and_expr(self):
+        node = self.cmp()
+        while self.peek() == ("word", "and"):
+            self.take()
+            node = ("and", node, self.cmp())
+        return node
+
+    def cmp(self):
+        kind, val = self.peek()
+        if (kind, val) == ("punc", "("):
+            self.take()
+            node = self.or_expr()
+            if self.take() != ("punc", ")"):
+                raise bad_request(f"Syntax error: ')' expected in $filter '{self.text}'.")
+            return node
+        if (kind, val) == ("word", "not"):
+            self.take()
+            return ("not", self.cmp())
+        if kind == "word" and val in ("contains", "startswith", "endswith"):
+            self.take()
+            if self.take() != ("punc", "("):
+                raise bad_request(f"Syntax error: '(' expected after {val}.")
+            col = self.operand()
+            if self.take() != ("punc", ","):
+                raise bad_request(f"Syntax error: ',' expected in {val}().")
+            lit = self.operand()
+            if self.take() != ("punc", ")"):
+                raise bad_request(f"Syntax error: ')' expected in {val}().")
+            return (val, col, lit)
+        left = self.operand()
+        op = self.take()
+        if op[0] != "word" or op[1] not in ("eq", "ne", "gt", "ge", "lt", "le"):
+            raise bad_request(f"Syntax error: comparison operator expected in $filter '{self.text}'.")
+        right = self.operand()
+        self._check_types(left, right, op[1])
+        return (op[1], left, right)
+
+    def operand(self):
+        kind, val = self.take()
+        if kind == "str":
+            return ("lit", STR, val[1:-1].replace("''", "'"))
+        if kind == "guid":
+            return ("lit", GUID, val.lower())
+        if kind == "num":
+            return ("lit", INT, float(val) if "." in val else int(val))
+        if kind == "word":
+            if val == "null":
+                return ("lit", None, None)
+            if val in ("true", "false"):
+                return ("lit", BOOL, val == "true")
+            if val not in self.table.columns:
+                raise unknown_property(val, self.table)
+            return ("col", self.table.columns[val], val)
+        raise bad_request(f"Syntax error: operand expected in $filter '{self.text}'.")
+
+    def _check_types(self, left, right, op):
+        lt, rt = left[1], right[1]
+        if lt is None or rt is None:
+            return
+        numeric = {INT, "Edm.Double"}
+        if lt != rt and not (lt in numeric and rt in numeric) and not ({lt, rt} <= {STR, DATE}):
+            names = {"eq": "Equal", "ne": "NotEqual", "gt": "GreaterThan", "ge": "GreaterThanOrEqual",
+                     "lt": "LessThan", "le": "LessThanOrEqual"}
+            raise bad_request(f"A binary operator with incompatible types was detected. Found operand types "
+                              f"'{lt}' and '{rt}' for operator kind '{names[op]}'.")
+
+
+def parse_filter(table: Table, text: str | None):
+    if text is None:
+        return None
+    if not text.strip():
+        raise bad_request("The $filter expression is empty.")
+    return _Parser(table, text).parse()
+
+
+def _value(node, row):
+    if node[0] == "lit":
+        return node[2]
+    return row.get(node[2])
+
+
+def _norm(v):
+    if isinstance(v, str):
+        return v.casefold()  # Dataverse string comparison is case-insensitive (default collation)
+    return v
+
+
+def matches(node, row: dict) -> bool:
+    if node is None:
+        return True
+    op = node[0]
+    if op == "or":
+        return matches(node[1], row) or matches(node[2], row)
+    if op == "and":
+        return matches(node[1], row) and matches(node[2], row)
+    if op == "not":
+        return not matches(node[1], row)
+    if op in ("contains", "startswith", "endswith"):
+        hay, needle = _value(node[1], row), _value(node[2], row)
+        if hay is None or needle is None:
+            return False
+        hay, needle = _norm(str(hay)), _norm(str(needle))
+        return {"contains": needle in hay, "startswith": hay.startswith(needle),
+                "endswith": hay.endswith(needle)}[op]
+    a, b = _norm(_value(node[1], row)), _norm(_value(node[2], row))
+    if op == "eq":
+        return a == b
+    if op == "ne":
+        return a != b
+    if a is None or b is None:
+        return False
+    return {"gt": a > b, "ge": a >= b, "lt": a < b, "le": a <= b}[op]
+
+
+# ---------------------------------------------------------------- $batch framing
+
+MAX_BATCH_REQUESTS = 1000
+
+
+@dataclass
+class BatchPart:
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+
+def parse_batch(content_type: str, body: bytes) -> list[BatchPart]:
+    m = re.search(r'boundary="?([^";]+)"?', content_type or "")
+    if not content_type.lower().startswith("multipart/mixed") or not m:
+        raise bad_request("The batch request must have a Content-Type of multipart/mixed with a boundary.")
+    boundary = m.group(1).encode()
+    text = body.replace(b"\r\n", b"\n")
+    chunks = text.split(b"--" + boundary)
+    parts: list[BatchPart] = []
+    for chunk in chunks[1:]:
+        if chunk.startswith(b"--"):
+            break
+        chunk = chunk.lstrip(b"\n")
+        head, _, rest = chunk.partition(b"\n\n")
+        outer = _headers(head)
+        if outer.get("content-type", "").lower().startswith("multipart/mixed"):
+            raise bad_request("Change sets are not supported by this sandbox; send GET requests outside change sets.")
+        if not outer.get("content-type", "").lower().startswith("application/http"):
+            raise bad_request("Each batch part must have Content-Type application/http.")
+        inner_head, _, inner_body = rest.partition(b"\n\n")
+        lines = inner_head.decode("utf-8", "replace").split("\n")
+        request_line = lines[0].strip().split(" ")
+        if len(request_line) < 2:
+            raise bad_request(f"Invalid request line in batch part: '{lines[0].strip()}'.")
+        parts.append(BatchPart(request_line[0].upper(), request_line[1], _headers("\n".join(lines[1:]).encode()),
+                               inner_body.rstrip(b"\n")))
+        if len(parts) > MAX_BATCH_REQUESTS:
+            raise bad_request(f"The number of requests in a batch exceeds the limit of {MAX_BATCH_REQUESTS}.")
+    return parts
+
+
+def _headers(raw: bytes) -> dict[str, str]:
+    out = {}
+    for line in raw.decode("utf-8", "replace").split("\n"):
+        if ":" in line:
+            k, _, v = line.partition(":")
+            out[k.strip().lower()] = v.strip()
+    return out
+
+
+_REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
+            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 412: "Precondition Failed",
+            429: "Too Many Requests", 500: "Internal Server Error"}
+
+
+def format_batch(responses: list[tuple[int, dict[str, str], bytes]]) -> tuple[str, bytes]:
+    boundary = f"batchresponse_{uuid.uuid4()}"
+    out = []
+    for status, headers, body in responses:
+        lines = [f"--{boundary}", "Content-Type: application/http", "Content-Transfer-Encoding: binary", "",
+                 f"HTTP/1.1 {status} {_REASONS.get(status, '')}".rstrip()]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        lines.append("")
+        out.append("\r\n".join(lines).encode() + b"\r\n" + body + b"\r\n")
+    payload = b"".join(out) + f"--{boundary}--\r\n".encode()
+    return f"multipart/mixed; boundary={boundary}", payload
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj).encode()
