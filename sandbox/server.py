@@ -49,7 +49,7 @@ _DATAVERSE = re.compile(r"^/orgs/([^/]+)/api/data/v9\.2(?:/(.*))?$")
 _PARTNER_CENTER = re.compile(r"^/rp/product-ingestion(?:/(.*))?$")
 _ENTRA = re.compile(r"^/([^/]+)/(v2\.0/\.well-known/openid-configuration|oauth2/v2\.0/token|discovery/v2\.0/keys)$")
 _USERREALM = re.compile(r"^/common/userrealm/([^/]+)$")
-_CONTROL_LOG_PATH = "/_control/log"
+_UNLOGGED_CONTROL = ("/_control/log", "/_control/reset")  # reading/clearing the log does not write to it
 
 
 class _ResetConnection(Exception):
@@ -175,7 +175,7 @@ class SandboxApp:
             with self._lock:
                 key = (entry["org"] or "", entry["caller"])
                 self._retry_until[key] = max(until, self._retry_until.get(key, 0.0))
-        if not (entry["kind"] == "control" and request.path == _CONTROL_LOG_PATH):
+        if not (entry["kind"] == "control" and request.path in _UNLOGGED_CONTROL):
             self._record(entry, started)
         return response(environ, start_response)
 

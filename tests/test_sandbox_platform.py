@@ -1,0 +1,276 @@
+"""The sandbox platform over real HTTPS: `python -m sandbox serve`, routing, bearer checks, the request
+log, fault rules, service protection, latency and the control API (reset, organizations)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from sandbox.testing import ControlError, stack_config, start_sandbox
+
+ROOT = Path(__file__).resolve().parent.parent
+PRODUCTS = "/product?$version=2022-03-01-preview2"
+SERVE_KEYS = {"instance_url", "authority", "authority_host", "tenant_id", "ca_bundle", "admin_client_id",
+              "admin_client_secret", "leadwriter_client_id", "leadwriter_client_secret", "control_url",
+              "partner_center_url", "port"}
+
+
+@pytest.fixture
+def control(sandbox):
+    yield sandbox.control
+    sandbox.control.clear_faults()
+    sandbox.control.settings(token_lifetime_seconds=3600, latency_ms=0, throttle=None)
+
+
+def bearer(sandbox, audience, client_id=None):
+    token = sandbox.control.issue_token(audience=audience, client_id=client_id or sandbox.info["admin_client_id"])
+    return {"Authorization": f"Bearer {token['access_token']}"}
+
+
+def get(sandbox, url, headers=None):
+    return requests.get(url, headers=headers, verify=sandbox.info["ca_bundle"], timeout=20)
+
+
+def products(sandbox, headers):
+    return get(sandbox, sandbox.info["partner_center_url"] + PRODUCTS, headers)
+
+
+def entries_since(sandbox, seq, kind=None):
+    return [e for e in sandbox.control.log(since=seq) if kind is None or e["kind"] == kind]
+
+
+def last_seq(sandbox):
+    entries = sandbox.control.log()
+    return entries[-1]["seq"] if entries else 0
+
+
+def test_serve_prints_one_json_line_then_answers_401_without_a_token_and_stops_on_sigterm(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
+    proc = subprocess.Popen([sys.executable, "-m", "sandbox", "serve", "--port", "0", "--state-dir", str(tmp_path)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        info = json.loads(line)
+        assert set(info) == SERVE_KEYS
+        assert json.loads((tmp_path / "serve.json").read_text()) == info
+        assert Path(info["ca_bundle"]) == (tmp_path / "ca.pem").resolve()
+        assert info["instance_url"] == f"https://127.0.0.1:{info['port']}/orgs/contoso"
+        response = requests.get(f"{info['instance_url']}/api/data/v9.2/WhoAmI", verify=info["ca_bundle"], timeout=20)
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"] == (
+            f'Bearer authorization_uri="{info["authority"]}/oauth2/authorize", resource_id="{info["instance_url"]}"')
+        assert response.json()["error"]["code"].startswith("0x")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        assert proc.stdout.read() == ""  # exactly one line on stdout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_restart_on_the_same_state_dir_reuses_the_ca(tmp_path):
+    first = start_sandbox(state_dir=tmp_path)
+    ca = (tmp_path / "ca.pem").read_bytes()
+    first.stop()
+    second = start_sandbox(state_dir=tmp_path)
+    try:
+        assert (tmp_path / "ca.pem").read_bytes() == ca
+        assert second.control.orgs()[0]["name"] == "contoso"  # TLS verified with the reused ca.pem
+    finally:
+        second.stop()
+
+
+def test_unknown_path_is_404_with_the_dataverse_envelope(sandbox):
+    response = get(sandbox, f"https://{sandbox.info['authority_host']}/nowhere/at/all")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "0x8006088a"
+
+
+def test_token_for_another_organization_is_401(sandbox, org):
+    response = get(sandbox, f"{org}/api/data/v9.2/WhoAmI", bearer(sandbox, sandbox.info["instance_url"]))
+    assert response.status_code == 401
+    assert f'resource_id="{org}"' in response.headers["WWW-Authenticate"]
+
+
+def test_fault_answers_status_and_retry_after_count_times_and_is_logged(sandbox, control):
+    headers = bearer(sandbox, "https://graph.microsoft.com")
+    seq = last_seq(sandbox)
+    control.add_fault(method="GET", path=r"/rp/product-ingestion/product$", status=503, retry_after=1, count=2)
+    first, second, third = (products(sandbox, headers) for _ in range(3))
+    assert (first.status_code, second.status_code, third.status_code) == (503, 503, 200)
+    assert first.headers["Retry-After"] == "1"
+    assert first.json()["error"]["code"].startswith("0x")
+    time.sleep(1.1)
+    fourth = products(sandbox, headers)
+    assert fourth.status_code == 200
+    log = entries_since(sandbox, seq, "partnercenter")
+    assert [e["status"] for e in log] == [503, 503, 200, 200]
+    # sent at once after a Retry-After: inside the window; after waiting it out: not
+    assert [e["inside_retry_after"] for e in log] == [False, True, True, False]
+    assert log[0]["caller"] == sandbox.info["admin_client_id"]
+    assert {"seq", "time", "org", "kind", "method", "path", "query", "status", "caller", "duration_ms"} <= set(log[0])
+
+
+def test_reset_fault_drops_the_connection_without_an_answer(sandbox, control, org):
+    headers = bearer(sandbox, org)
+    seq = last_seq(sandbox)
+    control.add_fault(path="WhoAmI", reset=True, org=org.rsplit("/", 1)[-1])
+    with pytest.raises(requests.ConnectionError):
+        get(sandbox, f"{org}/api/data/v9.2/WhoAmI", headers)
+    again = get(sandbox, f"{org}/api/data/v9.2/WhoAmI", headers)
+    assert again.status_code != 0 and again.status_code < 500
+    log = entries_since(sandbox, seq, "dataverse")
+    assert log[0]["status"] == 0 and log[0]["reset"] is True
+    assert log[1]["status"] == again.status_code
+
+
+def test_fault_for_one_organization_leaves_the_others_alone(sandbox, control, org):
+    other = sandbox.control.add_org(f"t{uuid.uuid4().hex[:12]}")
+    control.add_fault(path="WhoAmI", status=503, org=org.rsplit("/", 1)[-1], count=5)
+    hit = get(sandbox, f"{org}/api/data/v9.2/WhoAmI", bearer(sandbox, org))
+    spared = get(sandbox, f"{other}/api/data/v9.2/WhoAmI", bearer(sandbox, other))
+    assert hit.status_code == 503
+    assert spared.status_code != 503
+
+
+def test_latency_fault_delays_one_answer(sandbox, control):
+    headers = bearer(sandbox, "https://graph.microsoft.com")
+    control.add_fault(path="product-ingestion", latency_ms=400)
+    started = time.monotonic()
+    slow = products(sandbox, headers)
+    slow_seconds = time.monotonic() - started
+    started = time.monotonic()
+    products(sandbox, headers)
+    fast_seconds = time.monotonic() - started
+    assert slow.status_code == 200
+    assert slow_seconds >= 0.4 > fast_seconds
+
+
+def test_setting_latency_delays_every_protected_request(sandbox, control):
+    headers = bearer(sandbox, "https://graph.microsoft.com")
+    control.settings(latency_ms=300)
+    seq = last_seq(sandbox)
+    for _ in range(2):
+        assert products(sandbox, headers).status_code == 200
+    assert all(e["duration_ms"] >= 300 for e in entries_since(sandbox, seq, "partnercenter"))
+
+
+def test_request_window_throttles_with_429_and_retry_after_and_extends_while_sent(sandbox, control):
+    headers = bearer(sandbox, "https://graph.microsoft.com")
+    control.settings(throttle={"window_seconds": 2, "max_requests": 3})
+    seq = last_seq(sandbox)
+    statuses = [products(sandbox, headers).status_code for _ in range(3)]
+    throttled = products(sandbox, headers)
+    assert statuses == [200, 200, 200]
+    assert throttled.status_code == 429
+    assert throttled.json()["error"] == {
+        "code": "0x80072322", "message": "Number of requests exceeded the limit of 3 over time window of 2 seconds."}
+    wait = int(throttled.headers["Retry-After"])
+    assert 1 <= wait <= 2
+    assert products(sandbox, headers).status_code == 429  # sending while throttled extends the wait
+    time.sleep(int(products(sandbox, headers).headers["Retry-After"]) + 0.1)
+    assert products(sandbox, headers).status_code == 200
+    log = entries_since(sandbox, seq, "partnercenter")
+    assert [e["status"] for e in log] == [200, 200, 200, 429, 429, 429, 200]
+    assert [e["inside_retry_after"] for e in log] == [False] * 4 + [True, True, False]
+    assert all("throttled_until" in e for e in log if e["status"] == 429)
+
+
+def test_throttling_counts_per_caller(sandbox, control):
+    admin = bearer(sandbox, "https://graph.microsoft.com")
+    other = bearer(sandbox, "https://graph.microsoft.com", sandbox.info["leadwriter_client_id"])
+    control.settings(throttle={"window_seconds": 30, "max_requests": 1, "retry_after": 5})
+    assert products(sandbox, admin).status_code == 200
+    refused = products(sandbox, admin)
+    assert (refused.status_code, refused.headers["Retry-After"]) == (429, "5")
+    assert products(sandbox, other).status_code != 429
+
+
+def test_concurrency_limit_answers_0x80072326(sandbox, control):
+    headers = bearer(sandbox, "https://graph.microsoft.com")
+    control.settings(latency_ms=600, throttle={"max_concurrent": 1})
+    results: list[requests.Response] = []
+    threads = [threading.Thread(target=lambda: results.append(products(sandbox, headers))) for _ in range(2)]
+    for t in threads:
+        t.start()
+        time.sleep(0.15)
+    for t in threads:
+        t.join()
+    assert sorted(r.status_code for r in results) == [200, 429]
+    refused = next(r for r in results if r.status_code == 429)
+    assert refused.json()["error"]["code"] == "0x80072326"
+    assert int(refused.headers["Retry-After"]) >= 1
+
+
+def test_control_reset_returns_to_the_seeded_sandbox(tmp_path):
+    handle = start_sandbox(state_dir=tmp_path)
+    control, info = handle.control, handle.info
+    try:
+        control.add_org("extra")
+        app = control.register_app(display_name="temporary", client_secret="temporary-secret")
+        control.add_fault(path="product-ingestion", status=503, count=10)
+        control.settings(latency_ms=50, token_lifetime_seconds=5)
+        control.reset()
+        assert [o["name"] for o in control.orgs()] == ["contoso"]
+        assert [e["path"] for e in control.log()] == ["/_control/orgs"]  # log cleared by the reset
+        token = control.issue_token(audience="https://graph.microsoft.com", client_id=info["admin_client_id"])
+        assert token["expires_on"] - time.time() > 3000
+        response = requests.get(info["partner_center_url"] + PRODUCTS, verify=info["ca_bundle"], timeout=20,
+                                headers={"Authorization": f"Bearer {token['access_token']}"})
+        assert response.status_code == 200  # the fault rule is gone
+        form = {"grant_type": "client_credentials", "client_id": app["client_id"],
+                "client_secret": "temporary-secret", "scope": "https://graph.microsoft.com/.default"}
+        refused = requests.post(f"{info['authority']}/oauth2/v2.0/token", data=form, verify=info["ca_bundle"],
+                                timeout=20)
+        assert refused.json()["error_codes"] == [700016]  # the registered app is gone
+    finally:
+        handle.stop()
+
+
+def test_organizations_are_added_once_with_valid_names(sandbox):
+    name = f"t{uuid.uuid4().hex[:12]}"
+    url = sandbox.control.add_org(name)
+    assert url == f"https://{sandbox.info['authority_host']}/orgs/{name}"
+    assert {"name": name, "instance_url": url} in sandbox.control.orgs()
+    with pytest.raises(ControlError, match="409"):
+        sandbox.control.add_org(name)
+    with pytest.raises(ControlError, match="400"):
+        sandbox.control.add_org("Not A Name")
+
+
+def test_stack_config_points_providers_at_the_sandbox(sandbox, org):
+    config = stack_config(sandbox.info, org)
+    assert config["lead-destination:instanceUrl"] == org
+    assert config["lead-destination:authorityHost"] == sandbox.info["authority_host"]
+    assert config["lead-destination:allowLoopback"] == "true"
+    assert Path(config["lead-destination:caBundle"]).read_text().startswith("-----BEGIN CERTIFICATE-----")
+    form = {"grant_type": "client_credentials", "client_id": config["lead-destination:deployerClientId"],
+            "client_secret": config["lead-destination:deployerClientSecret"], "scope": f"{org}/.default"}
+    url = f"https://{config['lead-destination:authorityHost']}/{config['lead-destination:deployerTenantId']}"
+    response = requests.post(f"{url}/oauth2/v2.0/token", data=form, verify=config["lead-destination:caBundle"],
+                             timeout=20)
+    assert response.status_code == 200 and response.json()["token_type"] == "Bearer"
+
+
+def test_secrets_never_appear_in_the_request_log(sandbox, org):
+    info = sandbox.info
+    seq = last_seq(sandbox)
+    form = {"grant_type": "client_credentials", "client_id": info["admin_client_id"],
+            "client_secret": info["admin_client_secret"], "scope": f"{org}/.default"}
+    token = requests.post(f"{info['authority']}/oauth2/v2.0/token", data=form, verify=info["ca_bundle"],
+                          timeout=20).json()["access_token"]
+    get(sandbox, f"{org}/api/data/v9.2/WhoAmI", {"Authorization": f"Bearer {token}"})
+    text = json.dumps(sandbox.control.log(since=seq))
+    assert info["admin_client_secret"] not in text and token not in text
+    assert info["admin_client_secret"] not in repr(sandbox.control) + repr(sandbox)
