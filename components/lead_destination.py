@@ -72,6 +72,13 @@ class LeadDestination(pulumi.ComponentResource):
 
         self.writer = DynamicsLeadWriter(f"{name}-dynamics", settings, identity, opts=child)
 
+        # Partner Center (issue 6): with config `offer`, the identity's outputs go straight to the offer.
+        self.offer = None
+        if settings.offer:
+            self.offer = offer_lead_destination(
+                f"{name}-offer", settings, identity, opts=pulumi.ResourceOptions(parent=self, depends_on=[self.writer])
+            )
+
         pc: dict[str, Any] = {"instanceUrl": settings.instance_url, "authentication": settings.authentication}
         if settings.authentication == "azureAD":
             pc.update(
@@ -96,6 +103,27 @@ class LeadDestination(pulumi.ComponentResource):
                 "validatedAt": self.validated_at,
             }
         )
+
+
+def offer_lead_destination(
+    name: str, settings: Settings, identity: LeadWriterIdentity, *, opts: pulumi.ResourceOptions
+) -> Any:
+    """OfferLeadDestination for config `offer` (the offer id, or {id, schemaVersion}); the secret stays secret."""
+    from dynamics_provider.offer_destination import OfferLeadDestination
+
+    offer = settings.offer
+    offer_id = offer if isinstance(offer, str) else (offer.get("id") or offer.get("offerId"))
+    extra: dict[str, Any] = {}
+    if isinstance(offer, dict) and offer.get("schemaVersion"):
+        extra["schema_version"] = offer["schemaVersion"]
+    if settings.authentication == "azureAD":
+        extra.update(application_id=identity.application_id, directory_id=identity.tenant_id,
+                     application_key=pulumi.Output.secret(identity.client_secret))
+    else:
+        extra.update(username=identity.username, password=pulumi.Output.secret(identity.password))
+    return OfferLeadDestination(name, offer_id=str(offer_id).strip(), instance_url=settings.instance_url,
+                                authentication=settings.authentication,
+                                contact_emails=list(settings.contact_emails), opts=opts, **extra)
 
 
 def run(settings: Settings | None = None, *, today: dt.date | None = None) -> LeadDestination:

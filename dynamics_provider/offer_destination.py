@@ -457,7 +457,7 @@ class OfferLeadDestinationProvider(DataverseResourceProvider):
 # the resource
 
 
-class OfferLeadDestination(Resource):
+class OfferLeadDestination(Resource, module="dynamics", name="OfferLeadDestination"):
     """The lead destination of a marketplace offer, pointed at a Dynamics 365 organization.
 
     Partner Center credentials are the deploying identity's (an app with the Manager role in the

@@ -19,7 +19,7 @@ APP_ID = "0b1f5a3c-5a4d-4e8b-9c6f-5a0d8b0c0b01"
 TENANT = "0b1f5a3c-5a4d-4e8b-9c6f-5a0d8b0c0001"
 KEY = "host-test-key-value-1"
 ROTATED = "host-test-key-value-2"
-TYPE = "pulumi-python:dynamic/offer_destination:OfferLeadDestination"
+TYPE = "pulumi-python:dynamic/dynamics:OfferLeadDestination"
 
 
 @pytest.fixture
