@@ -377,7 +377,22 @@ def http_session(ca_bundle: str | None, url: str, *, retries: Any = 0, pool_maxs
 
 def _msal_http_client(authority: str, ca_bundle: str | None) -> Any:
     session = http_session(ca_bundle, authority, retries=1)
-    session.request = functools.partial(session.request, timeout=30)  # type: ignore[method-assign]
+    send = functools.partial(session.request, timeout=30)
+    netloc = authority.split("://", 1)[-1].split("/", 1)[0]
+    host = netloc.rsplit(":", 1)[0] if ":" in netloc and not netloc.endswith("]") else netloc
+    if host != netloc:
+        # msal builds the user-realm URL from the authority's host without its port; an authority on a
+        # non-default port (the sandbox) would send it to :443. Put the authority's port back.
+        bare = f"https://{host}/"
+
+        def send_with_port(method: str, url: str, **kwargs: Any) -> Any:
+            if url.startswith(bare):
+                url = f"https://{netloc}/" + url[len(bare):]
+            return send(method, url, **kwargs)
+
+        session.request = send_with_port  # type: ignore[method-assign]
+    else:
+        session.request = send  # type: ignore[method-assign]
     return session
 
 
@@ -499,9 +514,10 @@ class _AzureCliTokenProvider(_CachingTokenProvider):
                 hint="Install the Azure CLI and run `az login`, or configure a client secret or certificate",
             )
         resource = scope.removesuffix("/.default")
-        command = [az, "account", "get-access-token", "--resource", resource, "-o", "json"]
+        command = [az, "account", "get-access-token", "--resource", resource]
         if self.tenant_id:
-            command[4:4] = ["--tenant", self.tenant_id]
+            command += ["--tenant", self.tenant_id]
+        command += ["-o", "json"]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)  # noqa: S603
         except (OSError, subprocess.TimeoutExpired) as exc:
