@@ -55,7 +55,7 @@ class EntraServiceIdentity(pulumi.ComponentResource):
             _user_impersonation(settings.scope_id_fallback)
         )
         self.application = azuread.Application(
-            name,
+            f"{name}-application",
             display_name=settings.display_name,
             sign_in_audience="AzureADMultipleOrgs",
             web=azuread.ApplicationWebArgs(redirect_uris=list(settings.redirect_uris)),

@@ -51,7 +51,7 @@ class Office365ServiceAccount(pulumi.ComponentResource):
         )
         self.password = pulumi.Output.secret(self.random_password.result)
         self.user = azuread.User(
-            name,
+            f"{name}-user",
             user_principal_name=settings.user_principal_name,
             display_name=settings.display_name,
             password=self.password,
