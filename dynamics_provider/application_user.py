@@ -184,13 +184,31 @@ class ApplicationUserProvider(DataverseResourceProvider):
         for key, field in (("first_name", "firstname"), ("last_name", "lastname")):
             if inputs.get(key) is not None and user.get(field) != inputs[key]:
                 patch[field] = inputs[key]
-        bu = self._business_unit_id(client, inputs)
-        if not same(bu, user.get("_businessunitid_value")):
-            patch["businessunitid@odata.bind"] = f"/businessunits({bu})"
         if patch:
             client.update("systemusers", user["systemuserid"], patch)
+        bu = self._business_unit_id(client, inputs)
+        if not same(bu, user.get("_businessunitid_value")):
+            self._move(client, user["systemuserid"], bu)
+        if patch or not same(bu, user.get("_businessunitid_value")):
             user = self._get(client, user["systemuserid"]) or user
         return user
+
+    def _move(self, client: Any, user_id: str, bu: str) -> None:
+        """A user's business unit changes only through SetBusinessSystemUser (PATCH is refused)."""
+        from dynamics_provider.errors import BadRequest
+
+        body = {
+            "BusinessUnit": {"@odata.type": "Microsoft.Dynamics.CRM.businessunit", "businessunitid": bu},
+            "ReassignPrincipal": {"@odata.type": "Microsoft.Dynamics.CRM.systemuser", "systemuserid": user_id},
+        }
+        try:
+            client.action("SetBusinessSystemUser", body, bound=("systemusers", user_id))
+        except (NotFound, BadRequest) as exc:
+            raise self.refuse(
+                "update", f"systemuser {user_id}",
+                f"the user is in another business unit and this organization refused to move it ({exc.message})",
+                "move the user under Settings → Security → Users → Change Business Unit, then run `pulumi up`",
+            ) from exc
 
     def _business_unit_id(self, client: Any, inputs: dict[str, Any]) -> str:
         from dynamics_provider.client import odata_string
