@@ -314,6 +314,13 @@ class _Engine:
         self.declared: set[str] = set()
         self.foreign: list[str] = []
         self.lock = threading.Lock()
+        self.idle = threading.Condition(self.lock)
+        self.in_flight = 0
+
+    def wait_idle(self, timeout: float = 3600.0) -> None:
+        """A failed step ends the program early; let the steps still running finish before the host stops."""
+        with self.idle:
+            self.idle.wait_for(lambda: self.in_flight == 0, timeout=timeout)
 
     def urn(self, parent: str, type_: str, name: str) -> str:
         if parent:
@@ -358,6 +365,8 @@ class _Engine:
                 inputs[key] = self.state.box.open(old["inputs"][key])
         step = Step("same", urn, request.type, request.name)
         started = time.monotonic()
+        with self.lock:
+            self.in_flight += 1
         try:
             id_, outs = self._step(step, record, inputs, bool(request.deleteBeforeReplace))
         except Exception as exc:
@@ -367,6 +376,10 @@ class _Engine:
             step.duration = time.monotonic() - started
             self.add_step(step)
             raise
+        finally:
+            with self.idle:
+                self.in_flight -= 1
+                self.idle.notify_all()
         step.duration = time.monotonic() - started
         self.add_step(step)
         for key in request.additionalSecretOutputs:
@@ -605,6 +618,7 @@ class Rehearsal:
             from pulumi.runtime.stack import run_pulumi_func
 
             loop = asyncio.new_event_loop()
+            loop.set_exception_handler(lambda _loop, _context: None)  # failures are reported as steps
             asyncio.set_event_loop(loop)
             settings.reset_options(project=self.project, stack=self.stack, preview=engine.preview or engine.scan)
             set_all_config(dict(self.config), list(self.secret_keys))
@@ -633,6 +647,7 @@ class Rehearsal:
                     loop.run_until_complete(run_pulumi_func(program))
                 except BaseException as exc:  # noqa: BLE001 - reported as a failed run
                     box["errors"].append(_message(exc))
+                    engine.wait_idle()
                 root = settings.get_root_resource()
                 outputs: dict[str, Any] = {}
                 for name, value in (getattr(root, "outputs", {}) or {}).items():
