@@ -236,6 +236,10 @@ class OfferLeadDestinationProvider(DataverseResourceProvider):
     replace_keys = ("offer_id",)
     secret_keys = SECRET_INPUTS
 
+    def __init__(self, job_timeout_seconds: float = JOB_TIMEOUT_SECONDS) -> None:
+        super().__init__()
+        self.job_timeout_seconds = float(job_timeout_seconds)
+
     # -- helpers -------------------------------------------------------------------------------
 
     def _api(self, version: str) -> IngestionApi:
@@ -270,8 +274,11 @@ class OfferLeadDestinationProvider(DataverseResourceProvider):
     def _apply(self, props: dict[str, Any], product_id: str) -> str:
         version = props["schema_version"]
         resource = customer_leads(product_id, props, version)
-        return self._api(version).configure(resource, timeout=JOB_TIMEOUT_SECONDS,
+        return self._api(version).configure(resource, timeout=self._timeout(),
                                             secret_values=[props.get(k) for k in SECRET_INPUTS])
+
+    def _timeout(self) -> float:
+        return float(getattr(self, "job_timeout_seconds", JOB_TIMEOUT_SECONDS))
 
     @staticmethod
     def _normalize(props: dict[str, Any]) -> dict[str, Any]:
@@ -450,7 +457,7 @@ class OfferLeadDestinationProvider(DataverseResourceProvider):
             guid = product_id.removeprefix("product/")
             api.configure({"$schema": f"{SCHEMA_BASE}/customer-leads/{version}", "id": f"customer-leads/{guid}",
                            "product": f"product/{guid}", "leadDestination": "none"},
-                          timeout=JOB_TIMEOUT_SECONDS, secret_values=[])
+                          timeout=self._timeout(), secret_values=[])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ check, create, no-op diff, portal drift read and repaired, secret rotation, API 
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from pulumi.dynamic import ConfigureRequest
 from pulumi.dynamic.config import Config
 
-from dynamics_provider.base import ResourceOperationError
+from dynamics_provider.base import UNKNOWN, ResourceOperationError
 from dynamics_provider.offer_destination import DEFAULT_SCHEMA_VERSION, OfferLeadDestinationProvider
 from sandbox.testing import stack_config
 
@@ -175,3 +176,47 @@ def test_unknown_offer_and_office365_secret_path(
     assert remote(sandbox, guid)["secretSha256"] == hashlib.sha256(b"pw-1-secret").hexdigest()
     assert not provider.diff(created.id, created.outs, office).changes
     assert provider.diff(created.id, created.outs, {**office, "password": "pw-2-secret"}).changes
+
+
+def test_a_job_that_never_completes_fails_within_the_bounded_timeout(
+    sandbox: Any, offer: tuple[str, str], org: str
+) -> None:
+    offer_id, _ = offer
+    impatient = OfferLeadDestinationProvider(job_timeout_seconds=1.5)
+    impatient.configure(ConfigureRequest(Config(stack_config(sandbox.info), "lead-destination")))
+    sandbox.control.partner_center("POST", "settings", {"job_seconds": 60})
+    try:
+        started = time.monotonic()
+        with pytest.raises(ResourceOperationError, match="timed out after 2 s waiting for Partner Center configure job"):
+            impatient.create(checked(impatient, inputs(offer_id, org)))
+        assert time.monotonic() - started < 6
+    finally:
+        sandbox.control.partner_center("POST", "settings", {"job_seconds": 0.4})
+
+
+def test_preview_unknowns_pass_check_and_count_as_changes(
+    provider: OfferLeadDestinationProvider, offer: tuple[str, str], org: str
+) -> None:
+    offer_id, _ = offer
+    result = provider.check({}, inputs(offer_id, org, application_id=UNKNOWN, application_key=UNKNOWN))
+    assert result.failures == []
+    created = provider.create(checked(provider, inputs(offer_id, org)))
+    diff = provider.diff(created.id, created.outs, inputs(offer_id, org, application_key=UNKNOWN))
+    assert diff.changes and not diff.replaces
+
+
+def test_transient_partner_center_errors_are_retried(
+    sandbox: Any, provider: OfferLeadDestinationProvider, offer: tuple[str, str], org: str
+) -> None:
+    offer_id, guid = offer
+    log = sandbox.control.log()
+    since = log[-1]["seq"] if log else 0
+    sandbox.control.add_fault(method="POST", path=r"/rp/product-ingestion/configure$", status=503, retry_after=0,
+                              count=1)
+    try:
+        provider.create(checked(provider, inputs(offer_id, org)))
+    finally:
+        sandbox.control.clear_faults()
+    assert remote(sandbox, guid)["customerLeads"]["leadDestination"] == "dynamics"
+    statuses = [e["status"] for e in sandbox.control.log(since) if e["path"].endswith("/configure")]
+    assert statuses == [503, 202]
