@@ -54,8 +54,7 @@ class ApplicationUserProvider(DataverseResourceProvider):
         for key in ("first_name", "last_name"):
             if key in inputs:
                 checks[key] = need_text(inputs[key], key.replace("_", " "), 64)
-        if "email" in inputs:
-            checks["email"] = need_email(inputs["email"])
+        checks["email"] = need_email(inputs.get("email"))  # Dataverse requires it; it cannot change later
         checks = {k: v for k, v in checks.items() if not self._unknown(inputs, k)}
         return self.check_result(inputs, failures_for(checks))
 
