@@ -814,7 +814,7 @@ def render(
     for op, label in labels.items():
         if counts.get(op):
             lines.append(f"    {symbols[op]} {counts[op]} {label}")
-    unchanged = counts.get("same", 0) + counts.get("read", 0)
+    unchanged = counts.get("read", 0) if verb in ("refresh", "destroy") else counts.get("same", 0)
     lines.append(f"    {unchanged} unchanged")
     if outputs:
         lines.append("")
