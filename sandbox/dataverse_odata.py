@@ -378,10 +378,10 @@ def parse_batch(content_type: str, body: bytes) -> list[BatchPart]:
             raise bad_request("Each batch part must have Content-Type application/http.")
         inner_head, _, inner_body = rest.partition(b"\n\n")
         lines = inner_head.decode("utf-8", "replace").split("\n")
-        request_line = lines[0].strip().split(" ")
-        if len(request_line) < 2:
+        m = re.fullmatch(r"([A-Za-z]+) (.+?)(?: HTTP/\d\.\d)?", lines[0].strip())
+        if not m:
             raise bad_request(f"Invalid request line in batch part: '{lines[0].strip()}'.")
-        parts.append(BatchPart(request_line[0].upper(), request_line[1], _headers("\n".join(lines[1:]).encode()),
+        parts.append(BatchPart(m.group(1).upper(), m.group(2), _headers("\n".join(lines[1:]).encode()),
                                inner_body.rstrip(b"\n")))
         if len(parts) > MAX_BATCH_REQUESTS:
             raise bad_request(f"The number of requests in a batch exceeds the limit of {MAX_BATCH_REQUESTS}.")
