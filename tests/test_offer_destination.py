@@ -220,3 +220,23 @@ def test_transient_partner_center_errors_are_retried(
     assert remote(sandbox, guid)["customerLeads"]["leadDestination"] == "dynamics"
     statuses = [e["status"] for e in sandbox.control.log(since) if e["path"].endswith("/configure")]
     assert statuses == [503, 202]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "loopback"),
+    [("https://graph.example.com/rp/product-ingestion", "true"), (None, "false"),
+     ("http://127.0.0.1:1/rp/product-ingestion", "true")],
+)
+def test_graph_tokens_only_go_to_the_graph_host_or_an_opted_in_loopback(
+    sandbox: Any, offer: tuple[str, str], org: str, endpoint: str | None, loopback: str
+) -> None:
+    config = stack_config(sandbox.info)
+    config["lead-destination:partnerCenterEndpoint"] = endpoint or config["lead-destination:partnerCenterEndpoint"]
+    config["lead-destination:allowLoopback"] = loopback
+    guarded = OfferLeadDestinationProvider()
+    guarded.configure(ConfigureRequest(Config(config, "lead-destination")))
+    log = sandbox.control.log()
+    since = log[-1]["seq"] if log else 0
+    with pytest.raises(ResourceOperationError, match="Partner Center endpoint .* refused"):
+        guarded.create({**inputs(offer[0], org), "schema_version": DEFAULT_SCHEMA_VERSION})
+    assert [e for e in sandbox.control.log(since) if e["kind"] in ("entra", "partnercenter")] == []
