@@ -4,7 +4,6 @@ log, fault rules, service protection, latency and the control API (reset, organi
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
+import msal
 import pytest
 import requests
 
@@ -54,10 +54,12 @@ def last_seq(sandbox):
     return entries[-1]["seq"] if entries else 0
 
 
-def test_serve_prints_one_json_line_then_answers_401_without_a_token_and_stops_on_sigterm(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
+def test_serve_prints_one_json_line_answers_whoami_401_without_and_200_with_a_token_and_stops_on_sigterm(
+        tmp_path, monkeypatch):
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)  # it would override msal's verify=
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
     proc = subprocess.Popen([sys.executable, "-m", "sandbox", "serve", "--port", "0", "--state-dir", str(tmp_path)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
         info = json.loads(line)
@@ -70,6 +72,13 @@ def test_serve_prints_one_json_line_then_answers_401_without_a_token_and_stops_o
         assert response.headers["WWW-Authenticate"] == (
             f'Bearer authorization_uri="{info["authority"]}/oauth2/authorize", resource_id="{info["instance_url"]}"')
         assert response.json()["error"]["code"].startswith("0x")
+        app = msal.ConfidentialClientApplication(info["admin_client_id"], client_credential=info["admin_client_secret"],
+                                                 authority=info["authority"], instance_discovery=False,
+                                                 verify=info["ca_bundle"])
+        token = app.acquire_token_for_client([f"{info['instance_url']}/.default"])["access_token"]
+        who = requests.get(f"{info['instance_url']}/api/data/v9.2/WhoAmI", verify=info["ca_bundle"], timeout=20,
+                           headers={"Authorization": f"Bearer {token}"})
+        assert who.status_code == 200 and who.json()["UserId"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
         assert proc.stdout.read() == ""  # exactly one line on stdout
@@ -197,6 +206,16 @@ def test_throttling_counts_per_caller(sandbox, control):
     assert products(sandbox, other).status_code != 429
 
 
+def test_throttling_counts_per_organization(sandbox, control, org):
+    other = sandbox.control.add_org(f"t{uuid.uuid4().hex[:12]}")
+    control.settings(throttle={"window_seconds": 30, "max_requests": 2, "retry_after": 3})
+    here, there = bearer(sandbox, org), bearer(sandbox, other)
+    statuses = [get(sandbox, f"{org}/api/data/v9.2/WhoAmI", here).status_code for _ in range(3)]
+    elsewhere = get(sandbox, f"{other}/api/data/v9.2/WhoAmI", there)
+    assert statuses == [200, 200, 429]
+    assert elsewhere.status_code == 200
+
+
 def test_concurrency_limit_answers_0x80072326(sandbox, control):
     headers = bearer(sandbox, "https://graph.microsoft.com")
     control.settings(latency_ms=600, throttle={"max_concurrent": 1})
@@ -274,3 +293,13 @@ def test_secrets_never_appear_in_the_request_log(sandbox, org):
     text = json.dumps(sandbox.control.log(since=seq))
     assert info["admin_client_secret"] not in text and token not in text
     assert info["admin_client_secret"] not in repr(sandbox.control) + repr(sandbox)
+
+
+def test_drift_and_state_reach_the_organization_and_bad_drift_is_400(sandbox, org):
+    result = sandbox.control.drift(org, "add_business_unit", name="Drifted BU")
+    names = [bu["name"] for bu in sandbox.control.state(org)["businessunits"]]
+    assert "Drifted BU" in names and result["businessunitid"]
+    with pytest.raises(ControlError, match="400"):
+        sandbox.control.drift(org, "no_such_action")
+    with pytest.raises(ControlError, match="404"):
+        sandbox.control.state("https://127.0.0.1:1/orgs/missing")
