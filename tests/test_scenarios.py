@@ -1,0 +1,111 @@
+"""End-to-end scenarios: the real program and Pulumi.dev.yaml through the rehearsal engine against the sandbox."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sandbox.rehearsal import Rehearsal
+from sandbox.solution_zip import build_solution_zip
+from sandbox.testing import stack_config
+
+REPO = Path(__file__).resolve().parent.parent
+ROLE = "Microsoft Marketplace Lead Writer"
+
+
+@pytest.fixture
+def stack(sandbox, org, tmp_path):
+    zips = {}
+    for version in ("1.0.0.0", "1.1.0.0"):
+        zips[version] = tmp_path / f"sol_{version}.zip"
+        zips[version].write_bytes(build_solution_zip(version))
+
+    def run(verb="up", version="1.0.0.0", refresh=False, **extra):
+        overrides = stack_config(sandbox.info, org)
+        overrides["lead-destination:solution"] = json.dumps({"path": str(zips[version])})
+        overrides.update({f"lead-destination:{k}": v for k, v in extra.items()})
+        reh = Rehearsal(REPO, "dev", tmp_path / "state.json", overrides, key_path=tmp_path / "key")
+        return reh.run(verb, refresh=refresh)
+
+    run.org = org.rstrip("/").rsplit("/", 1)[-1]
+    return run
+
+
+def dump(sandbox, stack):
+    return sandbox.control.state(stack.org)
+
+
+def lead_writer_role(state):
+    return next(r for r in state["roles"] if r["name"] == ROLE and not r.get("_parentroleid_value"))
+
+
+def assigned(state, user_id):
+    return user_id in json.dumps(state.get("assignments", []))
+
+
+def test_upgrade_from_1_0_to_1_1_uses_the_upgrade_path_and_keeps_the_users_assignment(sandbox, stack):
+    first = stack()
+    assert first.ok, first.text
+    user_id = first.outputs["applicationUserId"]
+    upgrade = stack(version="1.1.0.0")
+    assert upgrade.ok, upgrade.text
+    assert [s.name for s in upgrade.ops("update")] == ["dev-dynamics-solution"]
+    assert upgrade.ops("replace") == [] and upgrade.ops("delete") == []
+    state = dump(sandbox, stack)
+    assert any(s.get("version") == "1.1.0.0" for s in state["solutions"])
+    assert assigned(state, user_id)
+    assert stack(version="1.1.0.0").changes() == []
+
+
+def test_downgrade_is_refused_with_an_explanation(sandbox, stack):
+    assert stack(version="1.1.0.0").ok
+    down = stack(version="1.0.0.0")
+    assert not down.ok and down.exit_code == 1
+    assert "downgrade" in down.text.lower()
+    assert any(s.get("version") == "1.1.0.0" for s in dump(sandbox, stack)["solutions"])
+
+
+@pytest.mark.parametrize(
+    "action, resource",
+    [("remove_role", "dev-dynamics-role"), ("set_privilege_depth", "dev-dynamics-privileges"),
+     ("disable_user", "dev-dynamics-user")],
+)
+def test_each_drift_edit_is_shown_by_preview_and_repaired_by_up(sandbox, stack, action, resource):
+    first = stack()
+    assert first.ok, first.text
+    user_id = first.outputs["applicationUserId"]
+    role = lead_writer_role(dump(sandbox, stack))
+    params = {
+        "remove_role": {"systemuserid": user_id, "roleid": role["roleid"]},
+        "set_privilege_depth": {"roleid": role["roleid"], "privilege": "prvReadAsyncOperation", "depth": "Basic"},
+        "disable_user": {"systemuserid": user_id},
+    }[action]
+    sandbox.control.drift(stack.org, action, **params)
+    preview = stack("preview", refresh=True)
+    assert preview.ok, preview.text
+    drifted = {s.name for s in preview.steps if s.op in ("refresh-update", "refresh-delete")}
+    assert drifted == {resource}, preview.text
+    planned = {s.name for s in preview.changes() if not s.op.startswith("refresh")}
+    assert planned == {resource}
+    repair = stack("up", refresh=True)
+    assert repair.ok, repair.text
+    state = dump(sandbox, stack)
+    user = next(u for u in state["systemusers"] if u["systemuserid"] == user_id)
+    assert not user["isdisabled"] and assigned(state, user_id)
+    depth = next(p["depth"] for p in lead_writer_role(state)["privileges"] if p["name"] == "prvReadAsyncOperation")
+    assert depth == "Global"
+    assert stack("preview", refresh=True).changes() == []
+
+
+def test_destroy_removes_what_the_stack_created(sandbox, stack):
+    first = stack()
+    assert first.ok, first.text
+    user_id = first.outputs["applicationUserId"]
+    destroy = stack("destroy")
+    assert destroy.ok, destroy.text
+    assert len(destroy.ops("delete")) == len(first.ops("create"))
+    state = dump(sandbox, stack)
+    assert not assigned(state, user_id)
+    assert not any(s.get("uniquename", "").startswith("MicrosoftMarketplace") for s in state["solutions"])
