@@ -1,0 +1,106 @@
+"""SolutionImport against the sandbox: import, adopt, upgrade, refuse downgrade/unmanaged, drift, destroy."""
+
+from __future__ import annotations
+
+import pytest
+from pulumi.dynamic import Config, ConfigureRequest
+
+from dynamics_provider.base import ResourceOperationError
+from dynamics_provider.solution import SolutionImportProvider, read_manifest
+from sandbox.solution_zip import DEFAULT_UNIQUE_NAME, build_solution_zip
+from sandbox.testing import stack_config
+
+
+def provider(sandbox, org) -> SolutionImportProvider:
+    p = SolutionImportProvider()
+    p.configure(ConfigureRequest(Config(stack_config(sandbox.info, instance_url=org), "lead-destination")))
+    return p
+
+
+def zip_file(tmp_path, version="1.0.0.0", managed=True) -> str:
+    path = tmp_path / f"solution_{version}_{int(managed)}.zip"
+    path.write_bytes(build_solution_zip(version=version, managed=managed))
+    return str(path)
+
+
+def installed(sandbox, org):
+    return {s["uniquename"]: s for s in sandbox.control.state(org)["solutions"]}.get(DEFAULT_UNIQUE_NAME)
+
+
+def test_manifest_is_read_from_the_zip_not_the_path(tmp_path):
+    m = read_manifest(build_solution_zip(version="2.1.0.3"))
+    assert (m.unique_name, m.version, m.managed) == (DEFAULT_UNIQUE_NAME, "2.1.0.3", True)
+
+
+def test_check_rejects_missing_or_unmanaged_zip_and_bad_pins_offline(tmp_path):
+    p = SolutionImportProvider()
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    cases = {
+        "missing": {"source_path": str(tmp_path / "absent.zip")},
+        "junk": {"source_path": str(tmp_path / "junk.zip")},
+        "unmanaged": {"source_path": zip_file(tmp_path, managed=False)},
+    }
+    for label, source in cases.items():
+        failures = p.check({}, {"instance_url": "https://x.crm.dynamics.com", **source}).failures
+        assert [f.property for f in failures] == ["source_path"], label
+    failures = p.check({}, {"instance_url": "https://x.crm.dynamics.com", "source_url": "http://x/s.zip",
+                            "sha256": "abc"}).failures
+    assert {f.property for f in failures} == {"source_url", "sha256"}
+    ok = p.check({}, {"instance_url": "https://x.crm.dynamics.com", "source_path": zip_file(tmp_path),
+                      "import_timeout_seconds": 60.0})
+    assert ok.failures == [] and ok.inputs["import_timeout_seconds"] == 60 and len(ok.inputs["sha256"]) == 64
+
+
+def test_import_then_noop_diff_then_adopt_and_delete_semantics(sandbox, org, tmp_path):
+    p = provider(sandbox, org)
+    news = p.check({}, {"instance_url": org, "source_path": zip_file(tmp_path)}).inputs
+    created = p.create(news)
+    assert created.outs["adopted"] is False and created.outs["version"] == "1.0.0.0"
+    assert created.outs["managed"] is True and created.id == installed(sandbox, org)["solutionid"]
+    roles = [r for r in sandbox.control.state(org)["roles"] if r["name"] == "Microsoft Marketplace Lead Writer"]
+    assert roles, "the import brings the Lead Writer role"
+    assert p.diff(created.id, created.outs, news).changes is False
+    adopted = p.create(news)  # second stack / crash recovery: same version → adopt, no import
+    assert adopted.outs["adopted"] is True and adopted.id == created.id
+    p.delete(adopted.id, adopted.outs)
+    assert installed(sandbox, org) is not None
+    p.delete(created.id, created.outs)
+    assert installed(sandbox, org) is None
+
+
+def test_higher_zip_upgrades_and_lower_zip_is_refused(sandbox, org, tmp_path):
+    p = provider(sandbox, org)
+    v1 = p.check({}, {"instance_url": org, "source_path": zip_file(tmp_path, "1.0.0.0")}).inputs
+    created = p.create(v1)
+    v2 = p.check({}, {"instance_url": org, "source_path": zip_file(tmp_path, "1.1.0.0")}).inputs
+    diff = p.diff(created.id, created.outs, v2)
+    assert diff.changes is True and diff.replaces == []
+    upgraded = p.update(created.id, created.outs, v2).outs
+    assert upgraded["version"] == "1.1.0.0" and installed(sandbox, org)["version"] == "1.1.0.0"
+    assert upgraded["adopted"] is False
+    with pytest.raises(ResourceOperationError, match="cannot downgrade"):
+        p.update(created.id, upgraded, v1)
+
+
+def test_uninstalled_by_hand_reads_as_gone_and_version_drift_shows(sandbox, org, tmp_path):
+    p = provider(sandbox, org)
+    news = p.check({}, {"instance_url": org, "source_path": zip_file(tmp_path)}).inputs
+    created = p.create(news)
+    assert p.read(created.id, created.outs).outs["version"] == "1.0.0.0"
+    sandbox.control.drift(org, "uninstall_solution", uniquename=DEFAULT_UNIQUE_NAME)
+    assert p.read(created.id, created.outs).id == ""
+
+
+def test_failed_import_reports_the_import_jobs_error_text(sandbox, org, tmp_path):
+    p = provider(sandbox, org)
+    sandbox.control.drift(org, "fail_next_import", errortext="Missing dependency: FooBar 2.0")
+    with pytest.raises(ResourceOperationError, match="Missing dependency: FooBar 2.0"):
+        p.create(p.check({}, {"instance_url": org, "source_path": zip_file(tmp_path)}).inputs)
+
+
+def test_import_timeout_is_reported_with_what_to_do(sandbox, org, tmp_path):
+    p = provider(sandbox, org)
+    news = p.check({}, {"instance_url": org, "source_path": zip_file(tmp_path), "import_timeout_seconds": 1}).inputs
+    # the sandbox's imports take import_seconds (1.5 s by default), longer than the 1 s allowed
+    with pytest.raises(ResourceOperationError, match="timed out"):
+        p.create(news)
