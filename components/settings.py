@@ -325,6 +325,11 @@ def parse_settings(raw: Mapping[str, Any], *, project_dir: Path = PROJECT_DIR) -
     user_email = r.string("applicationUser.email", user_raw.get("email", _UNSET))
     if user_email is not None and not _EMAIL.match(user_email):
         r.fail("applicationUser.email", user_email, "an email address")
+    if user_email is None and contact_emails:
+        user_email = contact_emails[0]
+    if user_email is None and mode != "office365":
+        r.fail("applicationUser.email", _UNSET,
+               "the email of the Dynamics application user (Dynamics requires one), or set contactEmails")
     application_user = ApplicationUserSettings(
         first_name=r.string("applicationUser.firstName", user_raw.get("firstName", _UNSET), "Marketplace"),
         last_name=r.string("applicationUser.lastName", user_raw.get("lastName", _UNSET), "Lead Writer"),

@@ -135,7 +135,8 @@ class ProgramRun:
         self.stack = stack
         self.outputs: dict[str, tuple[Any, bool]] = {}
 
-    def __call__(self, settings: Settings, today: dt.date) -> ProgramRun:
+    def __call__(self, settings: Settings | None, today: dt.date) -> ProgramRun:
+        """With settings None the program reads the stack config set with set_all_config."""
         runtime_settings.set_root_resource(None)
         pulumi.runtime.set_mocks(self.mocks, project="lead-destination", stack=self.stack, preview=False)
         if hasattr(self.mocks, "record_options"):

@@ -30,7 +30,8 @@ def zip_path(tmp_path: Path) -> str:
 
 
 def base(zip_path: str, **extra: object) -> dict[str, object]:
-    raw: dict[str, object] = {"instanceUrl": GOOD_URL, "solution": json.dumps({"path": zip_path})}
+    raw: dict[str, object] = {"instanceUrl": GOOD_URL, "solution": json.dumps({"path": zip_path}),
+                              "contactEmails": "leads@contoso.com"}
     for key, value in extra.items():
         raw[key] = value if isinstance(value, str) else json.dumps(value)
     return raw
@@ -53,7 +54,8 @@ def test_minimal_config_gets_the_documented_defaults(zip_path):
         "prvWriteUserEntityUISettings": "Basic", "prvReadAsyncOperation": "Global",
         "prvWriteAsyncOperation": "Global", "prvAppendToAsyncOperation": "Global",
     }  # fmt: skip
-    assert s.instance_url == GOOD_URL and s.contact_email == ""
+    assert s.instance_url == GOOD_URL and s.contact_email == "leads@contoso.com"
+    assert s.application_user.email == "leads@contoso.com"  # defaults to the first contact email
 
 
 def test_contact_emails_accept_a_list_or_a_semicolon_string(zip_path):
@@ -116,6 +118,7 @@ ERROR_CASES = {
     "deployer tenant not guid": ({"deployerTenantId": "contoso.onmicrosoft.com"}, "deployerTenantId = 'contoso.onmicrosoft.com': expected a GUID"),
     "ca bundle missing": ({"caBundle": "/nonexistent/ca.pem"}, "caBundle = '/nonexistent/ca.pem': expected the path of an existing file"),
     "partner center endpoint http": ({"partnerCenterEndpoint": "http://127.0.0.1/rp"}, "partnerCenterEndpoint = 'http://127.0.0.1/rp': expected an https URL"),
+    "no email for the application user": ({"contactEmails": None}, "applicationUser.email = <unset>: expected the email of the Dynamics application user"),
     "application user email": ({"applicationUser": {"email": "nobody"}}, "applicationUser.email = 'nobody': expected an email address"),
 }  # fmt: skip
 
