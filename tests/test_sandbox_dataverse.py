@@ -468,3 +468,21 @@ def test_over_https_lead_writer_without_roles_is_refused_naming_the_privilege(sa
         assert "prvCreateLead" in resp.json()["error"]["message"]
     state = sandbox.control.state(org)
     assert state["leads"] == []
+
+
+def test_office365_user_is_mapped_by_object_id_and_reads_only_within_its_depth(dv, directory):
+    oid = str(uuid.uuid4())
+    uid = dv.drift("create_systemuser", {"domainname": "leads@contoso.example", "azureactivedirectoryobjectid": oid,
+                                         "lastname": "Service"})["systemuserid"]
+    person = Caller(object_id=oid, tenant_id=TENANT_ID, upn="leads@contoso.example")
+    assert ok(call(dv, "GET", "WhoAmI", caller=person))["UserId"] == uid
+    role = role_id(dv, "Basic User", root_bu(dv))["roleid"]
+    call(dv, "POST", f"systemusers({uid})/systemuserroles_association/$ref", {"@odata.id": f"roles({role})"})
+    dv.drift("set_privilege_depth", {"roleid": role, "privilege": "prvCreateLead", "depth": "Basic"})
+    dv.drift("set_privilege_depth", {"roleid": role, "privilege": "prvReadLead", "depth": "Basic"})
+    own = call(dv, "POST", "leads", {"subject": "mine"}, caller=person)[1]["OData-EntityId"].rsplit("(", 1)[1][:-1]
+    admins = call(dv, "POST", "leads", {"subject": "admin's"})[1]["OData-EntityId"].rsplit("(", 1)[1][:-1]
+    listed = ok(call(dv, "GET", "leads?$select=subject", caller=person))["value"]
+    assert [r["leadid"] for r in listed] == [own]
+    message = _privilege_error(call(dv, "GET", f"leads({admins})", caller=person), "prvReadLead")
+    assert "needs depth Local, has Basic" in message
