@@ -478,7 +478,10 @@ class _LazyHandshake:
 
 
 class _QuietHandler(WSGIRequestHandler):
-    """No per-request access lines on stderr: the sandbox keeps its own request log."""
+    """No per-request access lines on stderr: the sandbox keeps its own request log. TCP_NODELAY, or
+    Nagle + delayed ACK add ~20 ms to every keep-alive answer (headers and body are separate writes)."""
+
+    disable_nagle_algorithm = True
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass
