@@ -258,7 +258,10 @@ class _CachingTokenProvider:
                 return cached.token
             token, expires_on, lifetime = self._fetch(scope)
             self.requests_made += 1
-            margin = min(_REFRESH_MARGIN_SECONDS, max(lifetime, 0.0) / 10.0)
+            # renew a tenth of the lifetime (at most 5 min) before expiry, plus a second for the
+            # whole-second `exp` claim and clock skew; never cache for less than half the lifetime
+            lifetime = max(lifetime, 0.0)
+            margin = min(lifetime / 2.0, min(_REFRESH_MARGIN_SECONDS, lifetime / 10.0) + 1.0)
             self._cache[scope] = _Cached(token, expires_on - margin)
             return token
 
@@ -324,6 +327,7 @@ class _MsalTokenProvider(_CachingTokenProvider):
 
     def _fetch(self, scope: str) -> tuple[str, float, float]:
         app = self._application()
+        asked_at = time.time()  # expiry counts from before the request: conservative
         try:
             result = self._acquire(app, [scope])
         except AuthenticationError:
@@ -337,7 +341,7 @@ class _MsalTokenProvider(_CachingTokenProvider):
         if not result or "access_token" not in result:
             raise authentication_error(result or {}, f"{self.description} for scope {scope}", self._secrets)
         lifetime = float(result.get("expires_in") or 0)
-        return result["access_token"], time.time() + lifetime, lifetime
+        return result["access_token"], asked_at + lifetime, lifetime
 
     def _forget(self, scope: str, token: str) -> None:
         app = self._app

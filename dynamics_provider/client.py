@@ -410,15 +410,22 @@ class DataverseClient(ApiClient):
         body = "\r\n".join(lines) + "\r\n"
         response = self.request(
             "POST", "$batch", data=body.encode(),
-            headers={"Content-Type": f"multipart/mixed; boundary={boundary}"}, idempotent=True,
+            # without continue-on-error Dataverse stops at the first failing part
+            headers={"Content-Type": f"multipart/mixed; boundary={boundary}", "Prefer": "odata.continue-on-error"},
+            idempotent=True,
         )
         parts = _parse_batch_response(response)
-        if len(parts) != len(paths):
+        if len(parts) > len(paths) or not parts:
             raise DataverseError(response.status_code, None,
                                  f"$batch answered {len(parts)} parts for {len(paths)} requests",
                                  method="POST", path="$batch")
         results: list[dict | DataverseError] = []
+        parts += [(0, "")] * (len(paths) - len(parts))  # not executed after an earlier error
         for path, (status, body_text) in zip(paths, parts, strict=True):
+            if status == 0:
+                results.append(DataverseError(None, None, "not executed: an earlier part of the $batch failed",
+                                              method="GET", path=path))
+                continue
             parsed: Any = None
             if body_text.strip():
                 try:
