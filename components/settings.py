@@ -339,6 +339,14 @@ def parse_settings(raw: Mapping[str, Any], *, project_dir: Path = PROJECT_DIR) -
     offer = get("offer")
     if isinstance(offer, str) and offer.strip().startswith("{"):
         offer = r.obj("offer")
+    if isinstance(offer, dict):
+        _unknown(r, "offer", offer, {"id", "offerId", "schemaVersion"})
+        if not isinstance(offer.get("id") or offer.get("offerId"), str):
+            r.fail("offer.id", offer.get("id", _UNSET), "the Partner Center offer id (product external id)")
+    elif offer is not None and not (isinstance(offer, str) and offer.strip()):
+        r.fail("offer", offer, "an offer id, or {id, schemaVersion}")
+    elif isinstance(offer, str):
+        offer = offer.strip() or None
 
     if r.problems:
         raise ConfigError(r.problems)

@@ -119,6 +119,7 @@ ERROR_CASES = {
     "ca bundle missing": ({"caBundle": "/nonexistent/ca.pem"}, "caBundle = '/nonexistent/ca.pem': expected the path of an existing file"),
     "partner center endpoint http": ({"partnerCenterEndpoint": "http://127.0.0.1/rp"}, "partnerCenterEndpoint = 'http://127.0.0.1/rp': expected an https URL"),
     "no email for the application user": ({"contactEmails": None}, "applicationUser.email = <unset>: expected the email of the Dynamics application user"),
+    "offer object without id": ({"offer": {"schemaVersion": "2022-03-01-preview3"}}, "offer.id = <unset>: expected the Partner Center offer id"),
     "application user email": ({"applicationUser": {"email": "nobody"}}, "applicationUser.email = 'nobody': expected an email address"),
 }  # fmt: skip
 
