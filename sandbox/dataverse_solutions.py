@@ -1,0 +1,219 @@
+"""Solutions part of the Dataverse emulator: ImportSolutionAsync / StageAndUpgradeAsync / ImportSolution,
+asyncoperations and importjobs that progress with elapsed time, the import rules (downgrade, managed
+mismatch, armed fault) and uninstall. Mixed into sandbox.dataverse.Organization.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from xml.sax.saxutils import quoteattr
+
+from sandbox import catalogue
+from sandbox.dataverse_odata import ODataError, bad_request, parse_guid
+from sandbox.dataverse_odata import now_iso as _now
+from sandbox.solution_zip import SolutionManifest, parse_solution_zip, version_tuple
+
+if TYPE_CHECKING:
+    from sandbox.dataverse import Principal
+
+E_DUPLICATE = "0x80040237"
+
+
+@dataclass
+class ImportTask:
+    asyncoperationid: str
+    importjobid: str
+    upgrade: bool
+    manifest: SolutionManifest | None
+    parse_error: str | None
+    started: float
+    duration: float
+    owner: str
+
+
+
+class _ImportFailure(Exception):
+    def __init__(self, code: str, text: str):
+        super().__init__(text)
+        self.code = code
+
+
+class SolutionImports:
+    """Async solution import and uninstall; expects the Organization's rows, lock-held callers and helpers."""
+
+
+    def _import(self, action: str, body: dict, pr: Principal):
+        self._require(pr, "prvImportCustomization", "Global")
+        allowed = {"OverwriteUnmanagedCustomizations", "PublishWorkflows", "CustomizationFile", "ImportJobId",
+                   "HoldingSolution", "SkipProductUpdateDependencies", "ComponentParameters",
+                   "SolutionParameters", "ConvertToManaged", "SkipQueueRibbonJob", "LayerDesiredOrder",
+                   "AsyncRibbonProcessing", "IsTemplateMode", "TemplateSuffix"}
+        unknown = set(body) - allowed
+        if unknown:
+            raise bad_request(f"The parameter '{sorted(unknown)[0]}' in the request payload is not a valid "
+                              f"parameter for the operation '{action}'.")
+        for required in ("CustomizationFile", "OverwriteUnmanagedCustomizations", "PublishWorkflows"):
+            if required not in body:
+                raise bad_request(f"The parameter '{required}' is required for the operation '{action}'.")
+        try:
+            data = base64.b64decode(str(body["CustomizationFile"]), validate=True)
+        except (binascii.Error, ValueError):
+            raise bad_request("CustomizationFile is not valid base64.") from None
+        import_job = parse_guid(str(body["ImportJobId"])) if body.get("ImportJobId") else str(uuid.uuid4())
+        if import_job in self.rows["importjobs"]:
+            raise ODataError(412, E_DUPLICATE, "A record with matching key values already exists: importjob "
+                                               f"{import_job}.")
+        manifest, error = None, None
+        try:
+            manifest = parse_solution_zip(data)
+        except ValueError as exc:
+            error = str(exc)
+        async_id = str(uuid.uuid4())
+        duration = max(0.0, float(self.settings.import_seconds))
+        owner = pr.user["systemuserid"]
+        now = _now()
+        self.rows["asyncoperations"][async_id] = self._stamp({
+            "asyncoperationid": async_id, "name": action, "operationtype": 202 if action == "ImportSolutionAsync"
+            else 207, "statecode": 0, "statuscode": 0, "message": None, "friendlymessage": None,
+            "startedon": now, "completedon": None, "_ownerid_value": owner, "correlationid": str(uuid.uuid4())},
+            created=True)
+        self.rows["importjobs"][import_job] = self._stamp({
+            "importjobid": import_job, "progress": 0.0, "data": None,
+            "solutionname": manifest.unique_name if manifest else None, "startedon": now, "completedon": None,
+            "_solutionid_value": None, "name": "Customizations", "_ownerid_value": owner}, created=True)
+        task = ImportTask(async_id, import_job, action == "StageAndUpgradeAsync", manifest, error, time.monotonic(),
+                          duration, owner)
+        self.tasks[async_id] = task
+        if action == "ImportSolution":  # synchronous: finish now, failure is the response
+            task.duration = 0.0
+            self._tick()
+            op = self.rows["asyncoperations"][async_id]
+            if op["statuscode"] != 30:
+                raise ODataError(400, "0x80048033", op["message"])
+            return 204, {}, b""
+        if duration == 0:
+            self._tick()
+        return self._json({"@odata.context": f"{self.base}$metadata#Microsoft.Dynamics.CRM.{action}Response",
+                           "AsyncOperationId": async_id, "ImportJobKey": import_job})
+
+    def _tick(self) -> None:
+        """Advance every pending import by elapsed time; finish those whose time is up."""
+        now = time.monotonic()
+        for async_id, task in list(self.tasks.items()):
+            op = self.rows["asyncoperations"][async_id]
+            job = self.rows["importjobs"][task.importjobid]
+            elapsed = now - task.started
+            if elapsed >= task.duration:
+                del self.tasks[async_id]
+                self._finish(task, op, job)
+                continue
+            fraction = elapsed / task.duration if task.duration else 1.0
+            state = (0, 0) if fraction < 0.1 else (1, 20)
+            progress = round(min(99.0, fraction * 100.0), 2)
+            if (op["statecode"], op["statuscode"]) != state:
+                op["statecode"], op["statuscode"] = state
+                self._stamp(op)
+            if job["progress"] != progress:
+                job["progress"] = progress
+                self._stamp(job)
+
+    def _finish(self, task: ImportTask, op: dict, job: dict) -> None:
+        try:
+            solution_id = self._apply(task)
+            result, code, text = "success", "0", ""
+        except _ImportFailure as failure:
+            solution_id, result, code, text = None, "failure", failure.code, str(failure)
+        now = _now()
+        m = task.manifest
+        op.update({"statecode": 3, "statuscode": 30 if result == "success" else 31, "completedon": now,
+                   "message": text or None, "friendlymessage": text or None})
+        self._stamp(op)
+        manifest_attrs = (f' languagecode="1033" id={quoteattr(m.unique_name)} version={quoteattr(m.version)}'
+                          if m else ' languagecode="1033"')
+        unique = f"<UniqueName>{m.unique_name}</UniqueName>" if m else ""
+        job.update({"progress": 100.0, "completedon": now, "_solutionid_value": solution_id, "data": (
+            f'<importexportxml start="{job["startedon"]}" stop="{now}" progress="100" processed="true">'
+            f"<solutionManifests><solutionManifest{manifest_attrs}>{unique}"
+            f"<result result={quoteattr(result)} errorcode={quoteattr(code)} errortext={quoteattr(text)} "
+            f'datetime="{now}" /></solutionManifest></solutionManifests></importexportxml>')})
+        self._stamp(job)
+
+    def _apply(self, task: ImportTask) -> str:
+        if task.parse_error is not None:
+            raise _ImportFailure("0x80048060", f"The import file is invalid: {task.parse_error}")
+        if self.armed_import_failure is not None:
+            text, self.armed_import_failure = self.armed_import_failure, None
+            raise _ImportFailure("0x8004801a", text)
+        m = task.manifest
+        existing = next((s for s in self.rows["solutions"].values()
+                         if s["uniquename"].casefold() == m.unique_name.casefold()), None)
+        for role in m.roles:
+            for p in role["privileges"]:
+                priv = catalogue.find(p["name"] or "")
+                if priv is None:
+                    raise _ImportFailure("0x80048039", f"The privilege {p['name']} of role {role['name']} does not "
+                                                       "exist in this organization.")
+                if not priv.allows(p["level"]):
+                    raise _ImportFailure("0x80048039", f"Depth {p['level']} is not valid for privilege {priv.name} "
+                                                       f"of role {role['name']}.")
+        if existing is not None:
+            if existing["ismanaged"] and not m.managed:
+                raise _ImportFailure("0x80048033", "The solution is already installed on this system as a managed "
+                                     "solution and the package to be imported is trying to install it as an "
+                                     "unmanaged solution. Make sure the package matches and try again.")
+            if not existing["ismanaged"] and m.managed:
+                raise _ImportFailure("0x80048033", "The solution is already installed on this system as an "
+                                     "unmanaged solution and the package to be imported is managed. Uninstall the "
+                                     "unmanaged solution first.")
+            old, new = version_tuple(existing["version"]), version_tuple(m.version)
+            if new < old:
+                raise _ImportFailure("0x8004809e", f"Solution '{m.unique_name}' cannot be imported: its version "
+                                     f"{m.version} is lower than the installed version {existing['version']} "
+                                     "(downgrade).")
+            if task.upgrade and new == old:
+                raise _ImportFailure("0x8004809e", f"Solution '{m.unique_name}' version {m.version} is already "
+                                     "installed; an upgrade needs a higher version.")
+        elif task.upgrade:
+            raise _ImportFailure("0x80048033", f"Solution '{m.unique_name}' is not installed, so it cannot be "
+                                 "upgraded. Import it first.")
+        if existing is None:
+            sid = str(uuid.uuid4())
+            existing = self.rows["solutions"][sid] = self._stamp({
+                "solutionid": sid, "uniquename": m.unique_name, "friendlyname": m.unique_name,
+                "version": m.version, "ismanaged": m.managed, "installedon": _now(), "description": None,
+                "isvisible": True}, created=True)
+        else:
+            existing["version"] = m.version
+            self._stamp(existing)
+        sid = existing["solutionid"]
+        declared = {r["id"] for r in m.roles}
+        if task.upgrade:  # a stage-and-upgrade deletes the components the new version no longer has
+            for role_id in [r for r, row in self.rows["roles"].items()
+                            if row["_solutionid_value"] == sid and row["_parentroleid_value"] is None
+                            and r not in declared]:
+                self._delete_role(role_id)
+        for role in m.roles:
+            if role["id"] not in self.rows["roles"]:
+                self._create_role(role["name"], role["id"], m.managed, sid)
+            # Inferred: an import sets the depths it declares and keeps privileges added in the org.
+            privs = self.role_privileges.setdefault(role["id"], {})
+            for p in role["privileges"]:
+                privs[catalogue.find(p["name"]).privilegeid] = p["level"]
+        return sid
+
+    def _delete_role(self, root_id: str) -> None:
+        for rid in [r for r, row in self.rows["roles"].items() if row["_parentrootroleid_value"] == root_id]:
+            del self.rows["roles"][rid]
+            self.user_roles = {(u, r) for (u, r) in self.user_roles if r != rid}
+        self.role_privileges.pop(root_id, None)
+
+    def _uninstall(self, solution_id: str) -> None:
+        for rid in [r for r, row in self.rows["roles"].items()
+                    if row["_solutionid_value"] == solution_id and row["_parentroleid_value"] is None]:
+            self._delete_role(rid)
+        del self.rows["solutions"][solution_id]
