@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 from collections import deque
 from dataclasses import fields
@@ -167,6 +168,9 @@ class SandboxApp:
                 except OSError:
                     pass
             raise ConnectionResetError("sandbox fault: connection reset") from None
+        except Exception as exc:  # an emulator bug: answer like Dataverse's generic failure, and keep the log whole
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+            response = dataverse_error(500, "0x80040216", f"Sandbox internal error: {type(exc).__name__}.")
         entry["status"] = response.status_code
         retry_after = response.headers.get("Retry-After")
         if retry_after and entry["caller"] is not None:
