@@ -224,3 +224,23 @@ def test_invalid_config_fails_before_any_resource_registers():
         pulumi.runtime.set_all_config({})
     assert {p.key for p in caught.value.problems} >= {"instanceUrl", "validate", "solution"}
     assert mocks.registered == []
+
+
+def test_program_entry_point_reports_config_errors_as_one_run_error_without_secrets():
+    import runpy
+
+    from pulumi.runtime import settings as runtime_settings
+
+    mocks = _NothingMocks()
+    runtime_settings.set_root_resource(None)
+    pulumi.runtime.set_mocks(mocks, project="lead-destination", stack="bad", preview=False)
+    pulumi.runtime.set_all_config({"lead-destination:existingApplicationSecret": "entry-point-secret",
+                                   "lead-destination:authentication": "kerberos"})
+    try:
+        with pytest.raises(pulumi.RunError) as caught:
+            runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+    finally:
+        pulumi.runtime.set_all_config({})
+    message = str(caught.value)
+    assert "lead-destination:instanceUrl = <unset>" in message and "'kerberos'" in message
+    assert "entry-point-secret" not in message and mocks.registered == []
