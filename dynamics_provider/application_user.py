@@ -34,6 +34,7 @@ USER_FIELDS = [
     "fullname",
     "internalemailaddress",
 ]
+DEFAULT_FIRST_NAME, DEFAULT_LAST_NAME = "Marketplace", "Lead Writer"
 INPUTS = ("instance_url", "application_id", "business_unit", "first_name", "last_name", "email")
 
 
@@ -45,6 +46,8 @@ class ApplicationUserProvider(DataverseResourceProvider):
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         inputs = {k: v for k, v in clean(news).items() if k in INPUTS and v is not None}
+        inputs.setdefault("first_name", DEFAULT_FIRST_NAME)  # Dataverse requires a last name; the
+        inputs.setdefault("last_name", DEFAULT_LAST_NAME)  # UI's full name is "first last"
         checks = {
             "instance_url": need_https_url(inputs.get("instance_url")),
             "application_id": need_guid(inputs.get("application_id"), "the application (client) id"),
