@@ -92,8 +92,8 @@ class NotFound(DataverseError):
 
 class AccessDenied(DataverseError):
     default_hint = (
-        "The calling identity lacks a privilege in this organization: make the deploying identity an "
-        "application user with the System Administrator role (or grant the privilege named above)"
+        "The calling identity lacks the privilege named above in this organization: grant it through one "
+        "of the user's security roles (the deploying identity needs the System Administrator role)"
     )
 
 
