@@ -145,7 +145,7 @@ class RolePrivilegesProvider(DataverseResourceProvider):
             client = self.client(inputs["instance_url"])
             role = self._role(client, id_)
             desired = self._desired(inputs)
-            previous = dict(state.get("previous_depths") or {})
+            previous = self._previous(state)
             released = [n for n in previous if n not in desired]
             catalogue = self._catalogue(client, {**desired, **{n: None for n in released}}, f"role {id_}")
             current = self._current(client, id_)
@@ -158,7 +158,7 @@ class RolePrivilegesProvider(DataverseResourceProvider):
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         state = clean(props)
-        previous = state.get("previous_depths") or {}
+        previous = self._previous(state)
         if not previous:
             return
         with self.operation("delete", f"role {id_}"):
@@ -171,6 +171,12 @@ class RolePrivilegesProvider(DataverseResourceProvider):
             self._apply(client, role, previous, self._current(client, id_), catalogue)
 
     # -- steps ---------------------------------------------------------------------------------
+
+    def _previous(self, state: dict[str, Any]) -> dict[str, str | None]:
+        """Depths found before the first change; a managed name without an entry was absent (a null
+        value may not survive the state round trip)."""
+        recorded = state.get("previous_depths") or {}
+        return {name: recorded.get(name) for name in [*self._desired(state), *recorded]}
 
     @staticmethod
     def _desired(props: dict[str, Any]) -> dict[str, str]:
