@@ -37,6 +37,7 @@ from sandbox.dataverse_odata import (
     now_iso as _now,
 )
 from sandbox.dataverse_solutions import ImportTask, SolutionImports
+from sandbox.dataverse_users import UserMoves
 
 API_PREFIX = "/api/data/v9.2/"
 SYSTEM_ADMINISTRATOR = "System Administrator"
@@ -75,7 +76,7 @@ class Principal:
     role_count: int
 
 
-class Organization(SolutionImports):
+class Organization(SolutionImports, UserMoves):
     """One Dataverse organization. Thread-safe: every public entry point takes the org's lock; async
     imports progress by elapsed time, evaluated at the next request (nothing sleeps under the lock)."""
 
@@ -226,6 +227,8 @@ class Organization(SolutionImports):
                 return self._drift(action, params or {})
             except KeyError as exc:
                 raise ValueError(f"drift {action}: missing or unknown {exc}") from None
+            except ODataError as exc:  # e.g. an unknown user or business unit: the control API answers 400
+                raise ValueError(f"drift {action}: {exc.message}") from None
 
     def _drift(self, action: str, p: dict) -> dict:
         if action in ("disable_user", "enable_user"):
@@ -273,6 +276,11 @@ class Organization(SolutionImports):
                 "firstname": p.get("firstname"), "lastname": p.get("lastname") or upn.split("@")[0],
                 "accessmode": 0, "islicensed": True, "_businessunitid_value": bu})
             return {"systemuserid": uid}
+        if action == "move_user":  # Settings → Users → Change Business Unit: same effect as SetBusinessSystemUser
+            user = self._get("systemusers", parse_guid(p["systemuserid"]))
+            bu = parse_guid(p["businessunitid"])
+            self._get("businessunits", bu)
+            return self._move_user(user, bu)
         if action == "fail_next_import":
             self.armed_import_failure = str(p.get("errortext") or "Import failed: a fault was armed in the sandbox.")
             return {"armed": True}
@@ -320,6 +328,10 @@ class Organization(SolutionImports):
         if m:
             self._method(method, "POST")
             return self._privilege_action(m.group(2), m.group(1).lower(), self._body(body), pr)
+        m = re.fullmatch(rf"systemusers\(({_GUID})\)/Microsoft\.Dynamics\.CRM\.SetBusinessSystemUser", path)
+        if m:
+            self._method(method, "POST")
+            return self._set_business_system_user(m.group(1).lower(), self._body(body), pr)
         m = re.fullmatch(rf"systemusers\(({_GUID})\)/systemuserroles_association(?:\(({_GUID})\))?(/\$ref)?", path)
         if m:
             return self._association(method, m.group(1).lower(), (m.group(2) or "").lower() or None,
@@ -595,13 +607,18 @@ class Organization(SolutionImports):
             self._require_row(pr, table, row, "prvWriteLead")
         else:
             self._require_row(pr, table, row, "prvWriteUser")
-            if binds:
-                raise bad_request("The business unit of a user cannot be changed with an update; "
-                                  "use SetBusinessSystemUser.")
+            if set(binds) - {"businessunitid"}:
+                raise bad_request(f"The navigation property '{sorted(set(binds) - {'businessunitid'})[0]}' of "
+                                  "'systemuser' cannot be set with an update.")
             for col in ("internalemailaddress", "domainname"):
                 if col in fields and (fields[col] or "").casefold() != (row.get(col) or "").casefold():
                     raise bad_request(f"The {col} of a user cannot be changed after it is created "
                                       f"(systemuser {record_id}).")
+        if binds.get("businessunitid") and binds["businessunitid"] != row["_businessunitid_value"]:
+            # Specialised update: Update of systemuser.businessunitid runs SetBusinessSystemUser (Microsoft,
+            # "Behavior of specialized update operations"; the message itself is deprecated for Update).
+            self._get("businessunits", binds["businessunitid"])
+            self._move_user(row, binds["businessunitid"])
         row.update(fields)
         if table.entity_set != "businessunits" and ("firstname" in fields or "lastname" in fields):
             row["fullname"] = " ".join(x for x in (row.get("firstname"), row.get("lastname")) if x)
