@@ -42,6 +42,7 @@ class SandboxSettings:
     token_lifetime_seconds: int = 3600
     latency_ms: int = 0
     import_seconds: float = 1.5
+    page_size: int = 5000  # rows per page of a collection without Prefer: odata.maxpagesize (Dataverse: 5000)
     throttle: dict[str, Any] | None = None  # {window_seconds, max_requests, max_concurrent, retry_after}
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 

@@ -11,26 +11,30 @@ import threading
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from werkzeug.wrappers import Request, Response
 
 from sandbox import catalogue
 from sandbox.common import ADMIN_CLIENT_ID, Caller, SandboxSettings
 from sandbox.dataverse_odata import (
+    MAX_PAGE_SIZE,
     TABLES,
     ODataError,
     Table,
     bad_request,
     format_batch,
     matches,
+    page_start,
     parse_batch,
     parse_expand,
     parse_filter,
     parse_guid,
     parse_select,
     parse_top,
+    preferred_page_size,
     project,
+    skiptoken,
     unknown_property,
 )
 from sandbox.dataverse_odata import (
@@ -299,7 +303,8 @@ class Organization(SolutionImports, UserMoves):
     def _route(self, method, path, args, headers, body, pr: Principal):
         query = {}
         for k, v in args:
-            if k.startswith("$") and k not in ("$select", "$filter", "$top", "$expand", "$orderby", "$count", "$id"):
+            if k.startswith("$") and k not in ("$select", "$filter", "$top", "$expand", "$orderby", "$count", "$id",
+                                                   "$skiptoken"):
                 raise bad_request(f"The query parameter {k} is not supported")
             query[k] = v
         path = path.strip("/")
@@ -343,7 +348,7 @@ class Organization(SolutionImports, UserMoves):
         table = TABLES[m.group(1)]
         if m.group(2) is None:
             if method == "GET":
-                return self._query(table, query, pr)
+                return self._query(table, query, pr, headers)
             if method == "POST":
                 return self._create(table, query, headers, self._body(body), pr)
             raise self._not_allowed(method)
@@ -484,20 +489,37 @@ class Organization(SolutionImports, UserMoves):
 
     # ------------------------------------------------------------------ generic table operations
 
-    def _query(self, table: Table, query: dict, pr: Principal):
+    def _query(self, table: Table, query: dict, pr: Principal, headers: dict[str, str]):
         self._require(pr, self._READ_PRIV[table.entity_set])
         select = parse_select(table, query.get("$select"))
         flt = parse_filter(table, query.get("$filter"))
         top = parse_top(query.get("$top"))
         expand = parse_expand(table, query.get("$expand"))
+        prefer = preferred_page_size(headers.get("prefer", ""))
         rows = [r for r in self.rows[table.entity_set].values() if matches(flt, r) and self._can_read_row(pr, table, r)]
         if query.get("$orderby"):
             rows = self._order(table, rows, query["$orderby"])
-        if top is not None:
+        out_headers = {"Preference-Applied": f"odata.maxpagesize={prefer}"} if prefer else {}
+        next_link = None
+        if top is not None:  # $top is not paged: it wins over odata.maxpagesize ("Page results", Microsoft Learn)
             rows = rows[:top]
+            out_headers = {}
+        else:
+            size = prefer or max(1, int(self.settings.page_size or MAX_PAGE_SIZE))
+            start, page = page_start(query["$skiptoken"], rows, table.key, size) if "$skiptoken" in query else (0, 1)
+            more = len(rows) > start + size
+            rows = rows[start:start + size]
+            if more:
+                token = skiptoken(table.key, page + 1, rows[0][table.key], rows[-1][table.key])
+                params = [(k, v) for k, v in query.items() if k != "$skiptoken"] + [("$skiptoken", token)]
+                next_link = f"{self.base}{table.entity_set}?" + "&".join(
+                    f"{k}={quote(v, safe='$,()' if k != '$skiptoken' else '')}" for k, v in params)
         ctx_cols = f"({','.join(select)})" if select else ""
         value = [self._shape(table, r, select, expand, pr) for r in rows]
-        return self._json({"@odata.context": f"{self.base}$metadata#{table.entity_set}{ctx_cols}", "value": value})
+        body: dict[str, Any] = {"@odata.context": f"{self.base}$metadata#{table.entity_set}{ctx_cols}", "value": value}
+        if next_link:
+            body["@odata.nextLink"] = next_link
+        return self._json(body, headers=out_headers)
 
     @staticmethod
     def _order(table: Table, rows: list[dict], text: str) -> list[dict]:

@@ -1,5 +1,6 @@
 """OData subset of the Dataverse emulator: table schemas, $select/$filter/$top parsing and evaluation,
-and the multipart/mixed framing of $batch. No organization state lives here.
+server-driven paging ($skiptoken paging cookies) and the multipart/mixed framing of $batch. No
+organization state lives here.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote, unquote
 
 
 def now_iso() -> str:
@@ -111,6 +113,46 @@ def parse_guid(text: str) -> str:
         return str(uuid.UUID(text.strip().strip("{}")))
     except (ValueError, AttributeError):
         raise bad_request(f"Unrecognized 'Edm.Guid' literal '{text}'.") from None
+
+
+# ---------------------------------------------------------------- server-driven paging
+
+MAX_PAGE_SIZE = 5000  # Dataverse's default and largest page ("Page results", Microsoft Learn)
+_MAXPAGESIZE = re.compile(r"(?:^|[,;\s])odata\.maxpagesize\s*=\s*\"?(\d+)\"?", re.I)
+_PAGENUMBER = re.compile(r'pagenumber="(\d+)"')
+_LAST = re.compile(r'last="\{?([0-9a-fA-F-]{36})\}?"')
+
+
+def preferred_page_size(prefer: str) -> int | None:
+    """N of `Prefer: odata.maxpagesize=N` (capped at 5000), or None when not asked for."""
+    m = _MAXPAGESIZE.search(prefer or "")
+    if not m:
+        return None
+    size = int(m.group(1))
+    if size < 1:
+        raise bad_request("The value of odata.maxpagesize must be a positive integer.")
+    return min(size, MAX_PAGE_SIZE)
+
+
+def skiptoken(key: str, page_number: int, first: str, last: str) -> str:
+    """A paging cookie in the shape Dataverse puts in @odata.nextLink's $skiptoken."""
+    inner = f'<cookie page="{page_number - 1}"><{key} last="{{{last.upper()}}}" first="{{{first.upper()}}}" /></cookie>'
+    return f'<cookie pagenumber="{page_number}" pagingcookie="{quote(quote(inner, safe=""), safe="")}" istracking="False" />'
+
+
+def page_start(token: str, rows: list[dict], key: str, size: int) -> tuple[int, int]:
+    """(index of the first row of the page a $skiptoken asks for, that page's number)."""
+    m = _PAGENUMBER.search(token or "")
+    if not m:
+        raise bad_request(f"Invalid $skiptoken value '{token[:80]}'.")
+    page = int(m.group(1))
+    last = _LAST.search(unquote(unquote(token)))
+    if last:  # resume after the last row served, like the paging cookie does
+        wanted = last.group(1).lower()
+        for index, row in enumerate(rows):
+            if row.get(key) == wanted:
+                return index + 1, page
+    return max(0, (page - 1) * size), page
 
 
 # ---------------------------------------------------------------- $select / $top / $expand

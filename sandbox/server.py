@@ -5,6 +5,10 @@ service protection (429) and latency, plus the `/_control` API and `python -m sa
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
+import email.utils
+import hashlib
 import json
 import math
 import re
@@ -50,11 +54,21 @@ _DATAVERSE = re.compile(r"^/orgs/([^/]+)/api/data/v9\.2(?:/(.*))?$")
 _PARTNER_CENTER = re.compile(r"^/rp/product-ingestion(?:/(.*))?$")
 _ENTRA = re.compile(r"^/([^/]+)/(v2\.0/\.well-known/openid-configuration|oauth2/v2\.0/token|discovery/v2\.0/keys)$")
 _USERREALM = re.compile(r"^/common/userrealm/([^/]+)$")
+_FILES = re.compile(r"^/files/([^/]+)$")
+FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _UNLOGGED_CONTROL = ("/_control/log", "/_control/reset")  # reading/clearing the log does not write to it
 
 
 class _ResetConnection(Exception):
     """Raised inside dispatch to drop the connection without an answer."""
+
+
+def _retry_after_until(value: str) -> float:
+    """Epoch seconds a Retry-After header (delay-seconds or HTTP-date) asks the caller to wait until."""
+    try:
+        return time.time() + float(value)
+    except ValueError:
+        return email.utils.parsedate_to_datetime(value).timestamp()
 
 
 def _not_found(path: str) -> Response:
@@ -89,6 +103,7 @@ class SandboxApp:
         self._inflight: dict[tuple[str, str], int] = {}
         self._throttled_until: dict[tuple[str, str], float] = {}
         self._retry_until: dict[tuple[str, str], float] = {}
+        self._files: dict[str, bytes] = {}
         self.reset()
 
     # ----- state ------------------------------------------------------------------------------
@@ -107,6 +122,7 @@ class SandboxApp:
             self._inflight.clear()
             self._throttled_until.clear()
             self._retry_until.clear()
+            self._files.clear()
             self.add_org(DEFAULT_ORG)
 
     def instance_url(self, name: str) -> str:
@@ -174,7 +190,7 @@ class SandboxApp:
         entry["status"] = response.status_code
         retry_after = response.headers.get("Retry-After")
         if retry_after and entry["caller"] is not None:
-            until = time.time() + float(retry_after)
+            until = _retry_after_until(retry_after)
             entry["throttled_until"] = until
             with self._lock:
                 key = (entry["org"] or "", entry["caller"])
@@ -213,11 +229,36 @@ class SandboxApp:
         if m := _PARTNER_CENTER.match(path):
             entry["kind"] = "partnercenter"
             return self._protected(request, entry, m.group(1) or "", GRAPH_AUDIENCE)
+        if m := _FILES.match(path):
+            entry["kind"] = "files"
+            return self._serve_file(request, entry, m.group(1))
         if (m := _ENTRA.match(path)) or (m := _USERREALM.match(path)):
             entry["kind"] = "entra"
             return self._entra(request, entry, m)
         entry["kind"] = "unknown"
         return _not_found(path)
+
+    # ----- hosted files -----------------------------------------------------------------------
+    def _serve_file(self, request: Request, entry: dict[str, Any], name: str) -> Response:
+        """A file put with POST /_control/files, served without auth (like a public blob URL)."""
+        if fault := self._apply_fault(request, entry):
+            return fault
+        if request.method not in ("GET", "HEAD"):
+            return Response("Method Not Allowed", status=405, headers={"Allow": "GET, HEAD"})
+        with self._lock:
+            data = self._files.get(name)
+        if data is None:
+            return Response("The specified blob does not exist.", status=404, mimetype="text/plain")
+        mimetype = "application/zip" if name.lower().endswith(".zip") else "application/octet-stream"
+        return Response(data, status=200, mimetype=mimetype)
+
+    def host_file(self, name: str, data: bytes) -> dict[str, Any]:
+        if not isinstance(name, str) or not FILE_NAME.match(name):
+            raise ValueError("file name must match [A-Za-z0-9][A-Za-z0-9._-]*")
+        with self._lock:
+            self._files[name] = data
+        return {"name": name, "url": f"{self.base_url}/files/{name}", "size": len(data),
+                "sha256": hashlib.sha256(data).hexdigest()}
 
     # ----- Entra ------------------------------------------------------------------------------
     def _entra(self, request: Request, entry: dict[str, Any], m: re.Match[str]) -> Response:
@@ -358,7 +399,11 @@ class SandboxApp:
             return None  # latency-only rule: carry on normally
         headers = {}
         if rule.get("retry_after") is not None:
-            headers["Retry-After"] = str(rule["retry_after"])
+            if rule.get("retry_after_http_date"):  # RFC 7231 §7.1.3: an HTTP-date is as valid as delay-seconds
+                when = math.ceil(time.time() + float(rule["retry_after"]))
+                headers["Retry-After"] = email.utils.formatdate(when, usegmt=True)
+            else:
+                headers["Retry-After"] = str(rule["retry_after"])
         default_code = {429: "0x80072322", 503: "0x80040216"}.get(int(status), "0x80040216")
         return dataverse_error(int(status), rule.get("code") or default_code,
                                rule.get("message") or f"Injected fault {rule['id']} (HTTP {status}).", headers)
@@ -382,8 +427,8 @@ class SandboxApp:
                 self._log.clear()
             return Response(status=204)
         if sub == "faults" and method == "POST":
-            rule = {k: body.get(k) for k in ("method", "path", "status", "retry_after", "latency_ms", "reset",
-                                             "org", "code", "message")}
+            rule = {k: body.get(k) for k in ("method", "path", "status", "retry_after", "retry_after_http_date",
+                                             "latency_ms", "reset", "org", "code", "message")}
             if rule["path"]:
                 re.compile(rule["path"])  # re.error is a ValueError → 400
             count = int(body.get("count") or 1)
@@ -425,6 +470,16 @@ class SandboxApp:
             if parts[2] == "drift" and method == "POST":
                 params = {k: v for k, v in body.items() if k != "action"}
                 return json_response(org.drift(body.get("action", ""), params))
+        if sub == "files" and method == "POST":
+            try:
+                data = base64.b64decode(body["content_b64"], validate=True)
+            except binascii.Error:
+                raise ValueError("content_b64 is not valid base64") from None
+            return json_response(self.host_file(body["name"], data), 201)
+        if len(parts) == 2 and parts[0] == "files" and method == "DELETE":
+            with self._lock:
+                self._files.pop(parts[1], None)
+            return Response(status=204)
         if sub == "apps" and method == "POST":
             allowed = {"client_id", "client_secret", "display_name", "certificate_pem", "federated_subject", "object_id"}
             return json_response(self.directory.register_app(**{k: v for k, v in body.items() if k in allowed}), 201)

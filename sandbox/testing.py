@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,13 @@ class ControlClient:
 
     def drift(self, org: str, action: str, **params: Any) -> dict[str, Any]:
         return self._call("POST", f"orgs/{_org_name(org)}/drift", {"action": action, **params})
+
+    def host_file(self, name: str, data: bytes) -> str:
+        """Serve `data` without auth at {base}/files/{name}; returns that https URL."""
+        return self._call("POST", "files", {"name": name, "content_b64": base64.b64encode(data).decode()})["url"]
+
+    def remove_file(self, name: str) -> None:
+        self._call("DELETE", f"files/{name}")
 
     def register_app(self, **kw: Any) -> dict[str, Any]:
         return self._call("POST", "apps", kw)

@@ -486,3 +486,76 @@ def test_office365_user_is_mapped_by_object_id_and_reads_only_within_its_depth(d
     assert [r["leadid"] for r in listed] == [own]
     message = _privilege_error(call(dv, "GET", f"leads({admins})", caller=person), "prvReadLead")
     assert "needs depth Local, has Basic" in message
+
+
+# ------------------------------------------------------------------ paging and Retry-After dates, end to end
+
+def _leads(client, n):
+    return [client.create("leads", {"subject": f"page lead {i}", "lastname": f"L{i:02d}"}) for i in range(n)]
+
+
+def test_paging_maxpagesize_next_links_are_followed_by_the_client(sandbox, org, deployer):
+    from dynamics_provider.client import DataverseClient
+
+    client = DataverseClient.for_instance(org, deployer)
+    created = _leads(client, 7)
+    api = f"{org}/api/data/v9.2/"
+    with _session(sandbox, org, client_id=sandbox.info["admin_client_id"]) as s:
+        first = s.get(api + "leads", params={"$select": "leadid,subject", "$orderby": "lastname"},
+                      headers={"Prefer": "odata.maxpagesize=3"})
+        assert first.headers["Preference-Applied"] == "odata.maxpagesize=3"
+        page = first.json()
+        pages = [[r["leadid"] for r in page["value"]]]
+        while "@odata.nextLink" in page:
+            assert page["@odata.nextLink"].startswith(api + "leads?") and "$skiptoken=" in page["@odata.nextLink"]
+            page = s.get(page["@odata.nextLink"], headers={"Prefer": "odata.maxpagesize=3"}).json()
+            pages.append([r["leadid"] for r in page["value"]])
+    assert [len(p) for p in pages] == [3, 3, 1]
+    assert sum(pages, []) == created  # $orderby kept across pages, nothing repeated or skipped
+    # the client, which sends no Prefer, follows the links the server's page_size makes
+    mark = max((e["seq"] for e in sandbox.control.log()), default=0)
+    sandbox.control.settings(page_size=2)
+    try:
+        rows = client.query("leads", select=["leadid"], filter="subject ne null")
+    finally:
+        sandbox.control.settings(page_size=5000)
+    assert sorted(r["leadid"] for r in rows) == sorted(created)
+    gets = [e for e in sandbox.control.log(since=mark) if e["kind"] == "dataverse" and e["path"].endswith("/leads")
+            and e["status"] == 200]
+    assert len(gets) == 4 and sum("skiptoken" in e["query"] for e in gets) == 3
+    # $top is not paged
+    assert len(client.query("leads", select=["leadid"], top=5)) == 5
+
+
+def test_paging_resumes_after_the_last_row_served_when_rows_are_deleted_between_pages(sandbox, org, deployer):
+    from dynamics_provider.client import DataverseClient
+
+    client = DataverseClient.for_instance(org, deployer)
+    created = _leads(client, 6)
+    api = f"{org}/api/data/v9.2/"
+    with _session(sandbox, org, client_id=sandbox.info["admin_client_id"]) as s:
+        s.headers["Prefer"] = "odata.maxpagesize=2"
+        page = s.get(api + "leads", params={"$select": "leadid", "$orderby": "lastname"}).json()
+        client.delete("leads", created[0])  # a row of the page already served disappears
+        second = s.get(page["@odata.nextLink"]).json()
+        assert [r["leadid"] for r in second["value"]] == created[2:4]
+        bad = s.get(api + "leads", params={"$select": "leadid", "$skiptoken": "garbage"})
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "0x0"
+
+
+def test_client_honours_a_retry_after_http_date_end_to_end(sandbox, org, deployer):
+    from dynamics_provider.client import DataverseClient
+
+    client = DataverseClient.for_instance(org, deployer)
+    client.get("WhoAmI")
+    mark = max((e["seq"] for e in sandbox.control.log()), default=0)
+    sandbox.control.add_fault(method="GET", path="WhoAmI$", status=429, retry_after=2, retry_after_http_date=True,
+                              org=org.rsplit("/", 1)[-1])
+    started = time.monotonic()
+    assert client.get("WhoAmI")["UserId"]
+    elapsed = time.monotonic() - started
+    gets = [e for e in sandbox.control.log(since=mark) if e["kind"] == "dataverse" and e["path"].endswith("WhoAmI")]
+    assert [e["status"] for e in gets] == [429, 200]
+    assert gets[1]["time"] >= gets[0]["throttled_until"]  # the date, not a misread number, set the wait
+    assert not any(e["inside_retry_after"] for e in gets)
+    assert 1.0 <= elapsed < 6

@@ -303,3 +303,50 @@ def test_drift_and_state_reach_the_organization_and_bad_drift_is_400(sandbox, or
         sandbox.control.drift(org, "no_such_action")
     with pytest.raises(ControlError, match="404"):
         sandbox.control.state("https://127.0.0.1:1/orgs/missing")
+
+
+def test_hosted_file_is_served_without_auth_byte_for_byte_and_is_logged(sandbox, control):
+    data = bytes(range(256)) * 40 + uuid.uuid4().bytes
+    name = f"lead-writer-{uuid.uuid4().hex[:8]}.zip"
+    seq = last_seq(sandbox)
+    url = control.host_file(name, data)
+    assert url == f"https://127.0.0.1:{sandbox.info['port']}/files/{name}"
+    got = get(sandbox, url)
+    assert got.status_code == 200 and got.content == data
+    assert got.headers["Content-Type"] == "application/zip"
+    assert get(sandbox, url + "-missing").status_code == 404
+    log = entries_since(sandbox, seq, "files")
+    assert [(e["method"], e["status"]) for e in log] == [("GET", 200), ("GET", 404)]
+    control.remove_file(name)
+    assert get(sandbox, url).status_code == 404
+
+
+def test_hosted_file_downloads_take_fault_rules_and_names_are_checked(sandbox, control):
+    name = f"f{uuid.uuid4().hex[:8]}.zip"
+    url = control.host_file(name, b"PK\x03\x04 not really a zip")
+    control.add_fault(method="GET", path=f"/files/{name}$", status=503, retry_after=1)
+    assert get(sandbox, url).status_code == 503
+    assert get(sandbox, url).content == b"PK\x03\x04 not really a zip"
+    control.add_fault(method="GET", path=f"/files/{name}$", reset=True)
+    with pytest.raises(requests.ConnectionError):
+        get(sandbox, url)
+    for bad in ("../etc/passwd", "a/b", "", ".hidden"):
+        with pytest.raises(ControlError, match="400"):
+            control.host_file(bad, b"x")
+
+
+def test_retry_after_http_date_fault_sends_an_rfc7231_date_the_log_understands(sandbox, control, org):
+    import email.utils
+
+    headers = bearer(sandbox, org)
+    seq = last_seq(sandbox)
+    control.add_fault(path="WhoAmI$", status=429, retry_after=3, retry_after_http_date=True, org=org.rsplit("/", 1)[-1])
+    sent = time.time()
+    refused = get(sandbox, f"{org}/api/data/v9.2/WhoAmI", headers)
+    assert refused.status_code == 429
+    value = refused.headers["Retry-After"]
+    assert value.endswith(" GMT") and not value.strip().isdigit()
+    when = email.utils.parsedate_to_datetime(value).timestamp()
+    assert sent + 2 <= when <= sent + 5
+    entry = entries_since(sandbox, seq, "dataverse")[0]
+    assert entry["throttled_until"] == when
