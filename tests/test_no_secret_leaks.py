@@ -1,0 +1,358 @@
+"""Cross-cutting proof that no secret leaks: with distinctive credentials, drive the real code paths
+(rehearsal engine + provider host, providers in-process, failures of every kind) and search all they
+emit — printed text, state file, host stderr, DEBUG logs, exception texts, request log, temp files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pulumi.dynamic import Config, ConfigureRequest
+
+from dynamics_provider.application_user import ApplicationUserProvider
+from dynamics_provider.lead_check import LeadWriteCheckProvider
+from dynamics_provider.offer_destination import OfferLeadDestinationProvider
+from dynamics_provider.solution import SolutionImportProvider
+from sandbox.provider_host import ProviderError, ProviderHost, Secret, provider_ref, urn_for
+from sandbox.rehearsal import Rehearsal
+from sandbox.solution_zip import build_solution_zip
+from sandbox.testing import stack_config
+
+REPO = Path(__file__).resolve().parent.parent
+# header.payload of a JWT: a bearer token or an assertion (chance matches of "eyJ" in base64 are not enough)
+SECRETS = ("client_secret", "password", "application_key")
+JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}")
+
+
+@dataclass
+class Credentials:
+    """Distinctive secret values of one test; `wrong_*` are refused ones, which must not leak either."""
+
+    tag: str
+    writer_id: str
+    writer_secret: str = field(repr=False)
+    deployer_secret: str = field(repr=False)
+    outsider_id: str  # an app of the tenant that is no member of any organization
+    outsider_secret: str = field(repr=False)
+    upn: str
+    password: str = field(repr=False)
+    wrong_secret: str = field(repr=False)
+    wrong_password: str = field(repr=False)
+
+    def values(self) -> dict[str, str]:
+        return {name: getattr(self, name) for name in ("writer_secret", "deployer_secret", "outsider_secret",
+                                                        "password", "wrong_secret", "wrong_password")}
+
+
+@dataclass
+class Capture:
+    """Everything a run emitted, by source."""
+
+    texts: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, where: str, text: Any) -> None:
+        self.texts.append((where, text if isinstance(text, str) else json.dumps(text, default=repr)))
+
+    def exception(self, where: str, exc: BaseException) -> None:
+        self.add(f"{where}: str", str(exc))
+        self.add(f"{where}: repr", repr(exc))
+        self.add(f"{where}: args", repr(exc.args))
+        self.add(f"{where}: traceback", "".join(traceback.format_exception(exc)))
+        for name in ("message", "details", "hint"):
+            if isinstance(getattr(exc, name, None), str):
+                self.add(f"{where}: .{name}", getattr(exc, name))
+
+    def files(self, root: Path) -> None:
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                self.add(f"file {path.relative_to(root)}", path.read_bytes().decode(errors="replace"))
+
+    def leaks(self, creds: Credentials) -> list[str]:
+        found = []
+        for where, text in self.texts:
+            for name, value in creds.values().items():
+                if value in text:
+                    found.append(f"{name} in {where}")
+            if JWT.search(text):
+                found.append(f"a JWT in {where}")
+        return found
+
+
+def assert_clean(capture: Capture, creds: Credentials, *, sources: int = 1) -> None:
+    assert len(capture.texts) >= sources, "captured less than expected: the test would prove nothing"
+    assert capture.leaks(creds) == []
+
+
+@pytest.fixture
+def creds(sandbox: Any) -> Credentials:
+    tag = uuid.uuid4().hex[:12]
+    c = sandbox.control
+    writer_secret = f"LeakWriter~{tag}~secret"
+    writer = c.register_app(display_name=f"leak writer {tag}", client_secret=writer_secret)
+    # a second secret of the sandbox's admin app: the deploying identity signs in with this one only
+    deployer_secret = f"LeakDeployer~{tag}~secret"
+    c.register_app(client_id=sandbox.info["admin_client_id"], client_secret=deployer_secret)
+    outsider_secret = f"LeakOutsider~{tag}~secret"
+    outsider = c.register_app(display_name=f"outsider {tag}", client_secret=outsider_secret)
+    upn = f"leads-{tag}@contoso.example"
+    password = f"LeakPassword~{tag}!"
+    c.create_user(user_principal_name=upn, password=password)
+    return Credentials(tag, writer["client_id"], writer_secret, deployer_secret, outsider["client_id"],
+                       outsider_secret, upn, password, f"LeakWrong~{tag}~secret", f"LeakWrongPw~{tag}!")
+
+
+def deployer_config(sandbox: Any, org: str, creds: Credentials, secret: str | None = None,
+                    client_id: str | None = None) -> dict[str, Any]:
+    config: dict[str, Any] = stack_config(sandbox.info, instance_url=org)
+    config["lead-destination:deployerClientSecret"] = secret or creds.deployer_secret
+    if client_id:
+        config["lead-destination:deployerClientId"] = client_id
+    return config
+
+
+def log_text(sandbox: Any, since: int) -> str:
+    return json.dumps([e for e in sandbox.control.log() if e["seq"] > since])
+
+
+def last_seq(sandbox: Any) -> int:
+    entries = sandbox.control.log()
+    return entries[-1]["seq"] if entries else 0
+
+
+# ----------------------------------------------------------------------------------------------
+# the whole stack through the rehearsal engine and the real provider host
+
+
+def test_a_rehearsed_lifecycle_with_an_offer_and_its_failures_emits_no_secret_and_no_token(
+    sandbox: Any, org: str, creds: Credentials, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    since = last_seq(sandbox)
+    offer_id = f"leak-offer-{creds.tag}"
+    sandbox.control.partner_center("POST", "products", {"externalId": offer_id})
+    zip_path = tmp_path / "solution_managed.zip"
+    zip_path.write_bytes(build_solution_zip(version="1.0.0.0"))
+    capture = Capture()
+    hosts: list[ProviderHost] = []
+
+    def rehearse(verb: str, refresh: bool = False, writer_secret: str | None = None) -> Any:
+        overrides: dict[str, Any] = {k: v for k, v in stack_config(sandbox.info, instance_url=org).items()}
+        overrides.update({
+            "lead-destination:deployerClientSecret": Secret(creds.deployer_secret),
+            "lead-destination:existingApplication": json.dumps({"clientId": creds.writer_id,
+                                                                "tenantId": sandbox.info["tenant_id"]}),
+            "lead-destination:existingApplicationSecret": Secret(writer_secret or creds.writer_secret),
+            "lead-destination:solution": json.dumps({"path": str(zip_path)}),
+            "lead-destination:applicationUser": json.dumps({"email": "leads@contoso.example"}),
+            "lead-destination:offer": offer_id,
+        })  # fmt: skip
+        printed: list[str] = []
+
+        def on_step(_step: Any) -> None:
+            if reh.host is not None and reh.host not in hosts:
+                hosts.append(reh.host)
+
+        reh = Rehearsal(REPO, "dev", tmp_path / "state" / "dev.json", overrides, key_path=tmp_path / "key",
+                        on_step=on_step, echo=printed.append)
+        result = reh.run(verb, refresh=refresh)
+        capture.add(f"{verb} printed output", "\n".join(printed))
+        capture.add(f"{verb} result text", result.text)
+        capture.add(f"{verb} result outputs", repr(result.outputs))
+        capture.add(f"{verb} steps", repr(result.steps))
+        state_file = tmp_path / "state" / "dev.json"
+        if state_file.exists():
+            capture.add(f"state file after {verb}", state_file.read_text())
+        return result
+
+    preview = rehearse("preview")
+    assert preview.ok and len(preview.ops("create")) >= 5, preview.text
+    up = rehearse("up")
+    assert up.ok, up.text
+    assert up.outputs["partnerCenter"].value["clientSecret"] == creds.writer_secret  # held, as a Secret
+    state = sandbox.control.state(org.rstrip("/").rsplit("/", 1)[-1])
+    writer_user = next(u for u in state["systemusers"] if u.get("applicationid") == creds.writer_id)
+    sandbox.control.drift(org.rstrip("/").rsplit("/", 1)[-1], "disable_user", systemuserid=writer_user["systemuserid"])
+    repaired = rehearse("up", refresh=True)
+    assert repaired.ok and repaired.ops("refresh-update"), repaired.text
+    # a refused lead-writer secret: the validation fails and says why, without the value
+    refused = rehearse("up", writer_secret=creds.wrong_secret)
+    assert not refused.ok and "dev-dynamics-check" in refused.text, refused.text
+    assert rehearse("refresh").ok
+    destroyed = rehearse("destroy")
+    assert destroyed.ok, destroyed.text
+
+    assert hosts, "no provider host was seen"
+    for i, host in enumerate(hosts):
+        capture.add(f"provider host {i} stderr", host.stderr_text())
+    capture.add("python logging (DEBUG)", "\n".join(r.getMessage() for r in caplog.records))
+    capture.add("sandbox request log", log_text(sandbox, since))
+    capture.files(tmp_path)
+    assert_clean(capture, creds, sources=20)
+
+
+# ----------------------------------------------------------------------------------------------
+# provider failures in-process: exception texts, reprs, tracebacks and DEBUG logs
+
+
+def configured(cls: type, config: dict[str, Any]) -> Any:
+    provider = cls()
+    provider.configure(ConfigureRequest(Config(config, "lead-destination")))
+    return provider
+
+
+def expect_failure(capture: Capture, where: str, action: Callable[[], Any]) -> BaseException:
+    try:
+        action()
+    except Exception as exc:  # noqa: BLE001 - every failure kind is captured
+        capture.exception(where, exc)
+        return exc
+    pytest.fail(f"{where}: expected a failure")
+
+
+def test_provider_failures_and_their_logs_never_quote_a_credential(
+    sandbox: Any, org: str, creds: Credentials, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    since = last_seq(sandbox)
+    capture = Capture()
+    zip_path = tmp_path / "solution_managed.zip"
+    zip_path.write_bytes(build_solution_zip(version="1.0.0.0"))
+    good = deployer_config(sandbox, org, creds)
+    org_name = org.rstrip("/").rsplit("/", 1)[-1]
+
+    # deploying identity: a wrong secret; an app that is no member of the organization
+    for where, config in (("wrong deployer secret", deployer_config(sandbox, org, creds, creds.wrong_secret)),
+                          ("deployer not a member", deployer_config(sandbox, org, creds, creds.outsider_secret,
+                                                                    creds.outsider_id))):
+        sol = configured(SolutionImportProvider, config)
+        inputs = sol.check({}, {"instance_url": org, "source_path": str(zip_path)}).inputs
+        expect_failure(capture, where, lambda sol=sol, inputs=inputs: sol.create(inputs))
+
+    # a failing solution import job
+    sandbox.control.drift(org_name, "fail_next_import", errortext="Import failed: missing dependency Foo")
+    sol = configured(SolutionImportProvider, good)
+    inputs = sol.check({}, {"instance_url": org, "source_path": str(zip_path)}).inputs
+    expect_failure(capture, "import failure", lambda: sol.create(inputs))
+    sol.create(inputs)  # the next import succeeds
+
+    # lead writer: a user without the role (missing privilege), a refused secret, an Office 365
+    # user with a refused password and with the right one but no Dynamics user
+    users = configured(ApplicationUserProvider, good)
+    users.create(users.check({}, {"instance_url": org, "application_id": creds.writer_id,
+                                  "email": "writer@contoso.example"}).inputs)
+    check = configured(LeadWriteCheckProvider, good)
+    tenant = sandbox.info["tenant_id"]
+    for where, news in (
+        ("writer lacks privileges", {"client_id": creds.writer_id, "tenant_id": tenant, "client_secret": creds.writer_secret}),
+        ("refused writer secret", {"client_id": creds.writer_id, "tenant_id": tenant, "client_secret": creds.wrong_secret}),
+        ("refused password", {"username": creds.upn, "password": creds.wrong_password}),
+        ("user not in Dynamics", {"username": creds.upn, "password": creds.password}),
+    ):  # fmt: skip
+        checked = check.check({}, {"instance_url": org, "triggers": {"n": 1}, **news})
+        capture.add(f"{where}: check failures", repr(checked.failures))
+        expect_failure(capture, where, lambda checked=checked: check.create(checked.inputs))
+
+    # Partner Center: a schema refusal, an answer that echoes the key, and a success in each mode
+    offer_id = f"leak-offer-{creds.tag}"
+    sandbox.control.partner_center("POST", "products", {"externalId": offer_id})
+    offers = configured(OfferLeadDestinationProvider, good)
+    azure = {"offer_id": offer_id, "instance_url": org, "authentication": "azureAD", "application_id": creds.writer_id,
+             "directory_id": tenant, "application_key": creds.writer_secret, "contact_emails": ["leads@contoso.example"]}
+    refused_shape = offers.check({}, {**azure, "username": creds.upn, "password": creds.password})
+    capture.add("offer check failures", repr(refused_shape.failures))
+    sandbox.control.partner_center("POST", "fail-next", {"message": f"applicationKey {creds.writer_secret} refused"})
+    expect_failure(capture, "offer echoed key", lambda: offers.create(offers.check({}, azure).inputs))
+    created = offers.create(offers.check({}, azure).inputs)
+    capture.add("offer outputs (azureAD)", repr(created.outs))
+    o365 = {k: v for k, v in azure.items() if k not in ("application_id", "directory_id", "application_key")}
+    o365.update(authentication="office365", username=creds.upn, password=creds.password)
+    updated = offers.update(created.id, created.outs, offers.check(created.outs, o365).inputs)
+    capture.add("offer outputs (office365)", repr(updated.outs))
+    # the stored destinations (the jobs keep the echo this test armed on purpose, as the API would)
+    capture.add("partner center products", sandbox.control.partner_center("GET", "state")["products"])
+
+    capture.add("python logging (DEBUG)", "\n".join(
+        f"{r.name} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records))
+    capture.add("sandbox request log", log_text(sandbox, since))
+    capture.files(tmp_path)
+    assert len(caplog.records) > 0, "nothing was logged: the DEBUG capture would prove nothing"
+    # each failure is the one intended, and says so
+    said = {where.split(": ")[0]: text for where, text in capture.texts if where.endswith(": str")}
+    assert len(said) == 8, sorted(said)
+    assert "Import failed: missing dependency Foo" in said["import failure"]
+    assert "was refused" in said["offer echoed key"] or "refused" in said["offer echoed key"]
+    assert_clean(capture, creds, sources=30)
+
+
+# ----------------------------------------------------------------------------------------------
+# the same failures over gRPC: what the engine receives and what the host prints
+
+
+def test_failures_over_grpc_reach_the_engine_and_the_host_stderr_without_credentials(
+    sandbox: Any, org: str, creds: Credentials
+) -> None:
+    capture = Capture()
+    config = deployer_config(sandbox, org, creds)
+    config["lead-destination:deployerClientSecret"] = Secret(creds.deployer_secret)
+    tenant = sandbox.info["tenant_id"]
+    offer_id = f"leak-offer-{creds.tag}"
+    sandbox.control.partner_center("POST", "products", {"externalId": offer_id})
+    with ProviderHost(REPO, project="lead-destination", stack="leaks") as host:
+        host.configure(config)
+        check_ref = provider_ref(LeadWriteCheckProvider())
+        for name, news in (
+            ("refused-secret", {"client_id": creds.writer_id, "tenant_id": tenant, "client_secret": Secret(creds.wrong_secret)}),
+            ("refused-password", {"username": creds.upn, "password": Secret(creds.wrong_password)}),
+            ("no-dynamics-user", {"username": creds.upn, "password": Secret(creds.password)}),
+        ):  # fmt: skip
+            urn = urn_for("leaks", "lead-destination", name, "pulumi-python:dynamic/dynamics:LeadWriteCheck")
+            inputs, failures = host.check(urn, {}, {"__provider": check_ref, "instance_url": org,
+                                                    "triggers": {"n": 1}, **news})
+            capture.add(f"{name}: check failures", repr(failures))
+            assert failures == [] and isinstance(inputs[next(k for k in news if k in SECRETS)], Secret)
+            try:
+                host.create(urn, inputs)
+            except ProviderError as exc:
+                capture.exception(name, exc)
+            else:
+                pytest.fail(f"{name}: expected a failure")
+
+        offer_ref = provider_ref(OfferLeadDestinationProvider())
+        urn = urn_for("leaks", "lead-destination", "offer", "pulumi-python:dynamic/dynamics:OfferLeadDestination")
+        props = {"__provider": offer_ref, "offer_id": offer_id, "instance_url": org, "authentication": "office365",
+                 "username": creds.upn, "password": Secret(creds.password), "contact_emails": ["leads@contoso.example"]}
+        inputs, failures = host.check(urn, {}, {**props, "application_key": Secret(creds.writer_secret)})
+        capture.add("offer: refused shape", repr(failures))
+        assert failures, "azureAD-only field accepted in office365 mode"
+        inputs, failures = host.check(urn, {}, props)
+        assert failures == []
+        sandbox.control.partner_center("POST", "fail-next", {"message": f"password '{creds.password}' is weak"})
+        try:
+            host.create(urn, inputs)
+        except ProviderError as exc:
+            capture.exception("offer echoed password", exc)
+        else:
+            pytest.fail("expected the armed Partner Center failure")
+        id_, outs = host.create(urn, inputs)
+        capture.add("offer outputs", repr(outs))
+        host.delete(urn, id_, outs)
+        capture.add("provider host stderr", host.stderr_text())
+    assert_clean(capture, creds, sources=10)
+
+
+def test_the_search_finds_a_planted_credential_and_a_real_sandbox_token(sandbox: Any, creds: Credentials) -> None:
+    token = sandbox.control.issue_token(audience=sandbox.info["instance_url"], client_id=creds.writer_id)
+    capture = Capture()
+    capture.add("clean", "nothing to see")
+    assert capture.leaks(creds) == []
+    capture.add("token", f"Authorization: Bearer {token['access_token']}")
+    capture.add("password", {"nested": [creds.password]})
+    assert capture.leaks(creds) == ["a JWT in token", "password in password"]
