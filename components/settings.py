@@ -32,6 +32,10 @@ DEPTHS = ("Basic", "Local", "Deep", "Global")
 
 # Keys whose values are secrets: masked in every message.
 SECRET_KEYS = frozenset({"existingApplicationSecret", "deployerClientSecret", "deployerCertificatePassword"})
+# Any key (or nested field) whose name looks like a credential is masked too, so a secret set under a
+# mistyped or misplaced key (`existingApplication.clientSecret`, `deployerClientSecert`) is never echoed.
+_SECRET_NAME = re.compile(r"secret|secert|password|passwd|pwd|token|credential|key$", re.IGNORECASE)
+_NOT_SECRET_NAMES = frozenset({"secretLifetimeDays", "maxSecretLifetimeDays", "deployerFederatedTokenFile"})
 
 KNOWN_KEYS = frozenset(
     {
@@ -145,16 +149,19 @@ class Settings:
 class _Reader:
     """Reads and checks one raw config map, collecting problems instead of raising."""
 
-    def __init__(self, raw: Mapping[str, Any], project_dir: Path):
+    def __init__(self, raw: Mapping[str, Any], project_dir: Path, secret_keys: frozenset[str] = frozenset()):
         self.raw = raw
         self.project_dir = project_dir
+        self.secret_keys = SECRET_KEYS | secret_keys
         self.problems: list[Problem] = []
 
     def show(self, key: str, value: Any) -> str:
         if value is _UNSET or value is None:
             return "<unset>"
-        if key.split(".")[0] in SECRET_KEYS:
+        top = re.split(r"[.\[]", key)[0]
+        if top in self.secret_keys or is_secret_name(key):
             return "[secret]"
+        value = _mask_nested(value)
         text = value if isinstance(value, str) else json.dumps(value)
         text = text if len(text) <= 120 else text[:117] + "..."
         return repr(text) if isinstance(value, str) else text
@@ -235,9 +242,28 @@ class _Reader:
         return str(path)
 
 
-def parse_settings(raw: Mapping[str, Any], *, project_dir: Path = PROJECT_DIR) -> Settings:
-    """Validate `raw` (keys without the namespace, values as the engine delivers them: strings)."""
-    r = _Reader(raw, project_dir)
+def is_secret_name(key: str) -> bool:
+    """True for a config key or field name that looks like a credential (its value is never shown)."""
+    return any(_SECRET_NAME.search(part) and part not in _NOT_SECRET_NAMES
+               for part in re.split(r"[.\[\]]", key) if part)
+
+
+def _mask_nested(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: "[secret]" if is_secret_name(str(k)) else _mask_nested(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask_nested(v) for v in value]
+    return value
+
+
+def parse_settings(
+    raw: Mapping[str, Any], *, project_dir: Path = PROJECT_DIR, secret_keys: frozenset[str] = frozenset()
+) -> Settings:
+    """Validate `raw` (keys without the namespace, values as the engine delivers them: strings).
+
+    `secret_keys` names the keys the stack holds as secrets (`--secret`): their values are never shown.
+    """
+    r = _Reader(raw, project_dir, secret_keys)
     get = raw.get
 
     for key in sorted(set(raw) - KNOWN_KEYS):
@@ -541,6 +567,16 @@ def raw_stack_config() -> dict[str, Any]:
     }  # fmt: skip
 
 
+def stack_secret_keys() -> frozenset[str]:
+    """The `lead-destination:*` keys the running stack holds as secrets, namespace stripped."""
+    from pulumi.runtime import config as runtime_config
+
+    prefix = NAMESPACE + ":"
+    keys = set(runtime_config._SECRET_KEYS.get() or ()) | set(runtime_config.get_config_secret_keys_env())
+    return frozenset(k[len(prefix):] for k in keys if k.startswith(prefix))
+
+
 def load_settings(project_dir: Path | None = None) -> Settings:
     """Settings of the running stack; relative paths resolve against the project directory."""
-    return parse_settings(raw_stack_config(), project_dir=project_dir or Path(os.getcwd()))
+    return parse_settings(raw_stack_config(), project_dir=project_dir or Path(os.getcwd()),
+                          secret_keys=stack_secret_keys())

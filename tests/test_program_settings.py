@@ -244,3 +244,38 @@ def test_program_entry_point_reports_config_errors_as_one_run_error_without_secr
     message = str(caught.value)
     assert "lead-destination:instanceUrl = <unset>" in message and "'kerberos'" in message
     assert "entry-point-secret" not in message and mocks.registered == []
+
+
+def test_a_secret_under_a_misplaced_or_mistyped_key_is_never_echoed(zip_path):
+    raw = base(zip_path, existingApplication={**APP, "clientSecret": "misplaced-secret-1"},
+               existingApplicationSecret="x", deployerClientSecert="typo-secret-2",
+               office365={"userPrincipalName": "a@b.com", "password": "nested-secret-3"})
+    found = problems_of(raw)
+    message = "\n".join(found)
+    assert "lead-destination:existingApplication.clientSecret = [secret]: expected no such key" in message
+    assert "lead-destination:deployerClientSecert = [secret]: expected no such key" in message
+    assert any(p.startswith("lead-destination:office365 = ") and '"password": "[secret]"' in p for p in found), found
+    for value in ("misplaced-secret-1", "typo-secret-2", "nested-secret-3"):
+        assert value not in message
+    # names that only mention a secret are shown: they hold no credential
+    assert any("application.secretLifetimeDays = 0:" in p for p in problems_of(base(zip_path, application={"secretLifetimeDays": 0})))
+
+
+def test_a_value_the_stack_holds_as_secret_is_masked_whatever_its_key():
+    from pulumi.runtime import settings as runtime_settings
+
+    from components.lead_destination import run
+
+    runtime_settings.set_root_resource(None)
+    pulumi.runtime.set_mocks(_NothingMocks(), project="lead-destination", stack="bad", preview=False)
+    pulumi.runtime.set_all_config({"lead-destination:instanceUrl": "https://contoso.crm4.dynamics.com",
+                                   "lead-destination:contactEmails": "private-address-no-at-sign",
+                                   "lead-destination:businessUnit": "Sales"},
+                                  secret_keys=["lead-destination:contactEmails"])
+    try:
+        with pytest.raises(ConfigError) as caught:
+            run()
+    finally:
+        pulumi.runtime.set_all_config({})
+    assert "lead-destination:contactEmails = [secret]: expected email addresses" in str(caught.value)
+    assert "private-address-no-at-sign" not in str(caught.value)
