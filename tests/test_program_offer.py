@@ -97,3 +97,55 @@ def test_without_offer_no_offer_lead_destination_is_registered(tmp_path: Path) -
 def _reset_mocks():
     yield
     runtime_settings.set_root_resource(None)
+
+
+# ----------------------------------------------------------------------------------------------
+# every identity mode feeds the offer, and a rotation reaches it on the same run
+
+
+def _graph_offer(tmp_path: Path, today: Any, **extra: Any) -> tuple[Any, Any]:
+    from test_program_graph import GraphMocks, ProgramRun, settings_for
+
+    mocks = GraphMocks()
+    ProgramRun(mocks)(settings_for(tmp_path, offer="contoso-lead-offer", **extra), today)
+    return mocks, mocks.resources["customer1-offer"]
+
+
+def test_a_new_entra_app_feeds_the_offer_its_rotating_secret_after_the_lead_validation(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from test_program_graph import APP_CLIENT_ID, TENANT, unwrap_secret
+
+    from components.rotation import rotation_period
+
+    today = dt.date(2025, 3, 10)
+    period = rotation_period(today, 180)
+    mocks, offer = _graph_offer(tmp_path, today)
+    assert offer.typ == "pulumi-python:dynamic/dynamics:OfferLeadDestination" and offer.parent == "customer1"
+    assert (offer.inputs["application_id"], offer.inputs["directory_id"]) == (APP_CLIENT_ID, TENANT)
+    assert unwrap_secret(offer.inputs["application_key"]) == f"generated-secret-{period.key}"
+    assert "username" not in offer.inputs and "password" not in offer.inputs
+    # Partner Center hears of a credential only once the lead writer has proven it
+    assert offer.depends_on == ["customer1-dynamics"]
+    assert mocks.order.index("customer1-dynamics-check") < mocks.order.index("customer1-offer")
+
+    inside = _graph_offer(tmp_path, period.end - dt.timedelta(days=1))[1].inputs
+    turned = _graph_offer(tmp_path, period.end)[1].inputs
+    assert inside == offer.inputs  # no change inside a period: no Partner Center job
+    assert unwrap_secret(turned["application_key"]) == f"generated-secret-{rotation_period(period.end, 180).key}"
+
+
+def test_an_office365_user_feeds_the_offer_its_password_as_a_secret_input(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from test_program_graph import unwrap_secret
+
+    from components.rotation import rotation_period
+
+    today = dt.date(2025, 3, 10)
+    _, offer = _graph_offer(tmp_path, today, authentication="office365",
+                            office365={"userPrincipalName": "leads@contoso.onmicrosoft.com"})
+    assert offer.inputs["authentication"] == "office365"
+    assert offer.inputs["username"] == "leads@contoso.onmicrosoft.com"
+    assert unwrap_secret(offer.inputs["password"]) == f"Generated-Pa55-{rotation_period(today, 90).key}"
+    assert not {"application_id", "directory_id", "application_key"} & set(offer.inputs)
