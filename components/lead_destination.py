@@ -112,7 +112,7 @@ def offer_lead_destination(
     from dynamics_provider.offer_destination import OfferLeadDestination
 
     offer = settings.offer
-    offer_id = offer if isinstance(offer, str) else (offer.get("id") or offer.get("offerId"))
+    offer_id = offer if isinstance(offer, str) else offer["id"]
     extra: dict[str, Any] = {}
     if isinstance(offer, dict) and offer.get("schemaVersion"):
         extra["schema_version"] = offer["schemaVersion"]

@@ -44,9 +44,21 @@ KNOWN_KEYS = frozenset(
         "applicationUser", "offer",
         "deployerTenantId", "deployerClientId", "deployerClientSecret", "deployerCertificatePath",
         "deployerCertificatePassword", "deployerFederatedTokenFile", "deployerUseAzureCli", "cloud",
-        "authorityHost", "caBundle", "allowLoopback", "partnerCenterEndpoint",
+        "authorityHost", "caBundle", "allowLoopback", "partnerCenterEndpoint", "requestTimeoutSeconds",
     }
 )  # fmt: skip
+
+# The fields of the structured (object) keys.
+NESTED_KEYS: dict[str, frozenset[str]] = {
+    "application": frozenset({"displayName", "redirectUris", "secretLifetimeDays", "maxSecretLifetimeDays",
+                              "rotationDays", "adminConsent", "scopeIdFallback"}),
+    "existingApplication": frozenset({"clientId", "tenantId"}),
+    "office365": frozenset({"userPrincipalName", "displayName", "usageLocation", "licenseSkuId", "rotationDays",
+                            "passwordLength", "syncTimeoutSeconds"}),
+    "solution": frozenset({"path", "url", "sha256", "allowUnmanaged", "importTimeoutSeconds"}),
+    "applicationUser": frozenset({"firstName", "lastName", "email"}),
+    "offer": frozenset({"id", "schemaVersion"}),
+}  # fmt: skip
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _EMAIL = re.compile(r"^[^@\s;,]+@[^@\s;,]+\.[^@\s;,]+$")
@@ -282,6 +294,14 @@ def parse_settings(
     authority_host = r.string("authorityHost", get("authorityHost", _UNSET))
     if authority_host is not None and not _HOST_PORT.match(authority_host):
         r.fail("authorityHost", authority_host, "a host name with an optional port, e.g. login.microsoftonline.com")
+    timeout = get("requestTimeoutSeconds", _UNSET)
+    if timeout not in (_UNSET, None, ""):
+        try:
+            seconds = float(str(timeout).strip())
+        except ValueError:
+            seconds = -1.0
+        if not 0 < seconds <= 3600:
+            r.fail("requestTimeoutSeconds", timeout, "a number of seconds, more than 0 and at most 3600 (default 60)")
     endpoint = r.string("partnerCenterEndpoint", get("partnerCenterEndpoint", _UNSET))
     if endpoint is not None and urlparse(endpoint).scheme != "https":
         r.fail("partnerCenterEndpoint", endpoint, "an https URL")
@@ -301,16 +321,14 @@ def parse_settings(
         authentication = "azureAD"
 
     app_raw = r.obj("application") or {}
-    _unknown(r, "application", app_raw, {"displayName", "redirectUris", "secretLifetimeDays",
-                                         "maxSecretLifetimeDays", "rotationDays", "adminConsent",
-                                         "scopeIdFallback"})  # fmt: skip
+    _unknown(r, "application", app_raw)
     application = _application(r, app_raw)
 
     existing = None
     existing_raw = r.obj("existingApplication")
     secret_value = get("existingApplicationSecret", _UNSET)
     if existing_raw is not None:
-        _unknown(r, "existingApplication", existing_raw, {"clientId", "tenantId"})
+        _unknown(r, "existingApplication", existing_raw)
         client_id = r.guid("existingApplication.clientId", existing_raw.get("clientId", _UNSET),
                            required="the application (client) id of the existing app registration")
         tenant_id = r.guid("existingApplication.tenantId", existing_raw.get("tenantId", _UNSET),
@@ -347,7 +365,7 @@ def parse_settings(
     validate = r.boolean("validate", get("validate", _UNSET), True)
 
     user_raw = r.obj("applicationUser") or {}
-    _unknown(r, "applicationUser", user_raw, {"firstName", "lastName", "email"})
+    _unknown(r, "applicationUser", user_raw)
     user_email = r.string("applicationUser.email", user_raw.get("email", _UNSET))
     if user_email is not None and not _EMAIL.match(user_email):
         r.fail("applicationUser.email", user_email, "an email address")
@@ -366,8 +384,8 @@ def parse_settings(
     if isinstance(offer, str) and offer.strip().startswith("{"):
         offer = r.obj("offer")
     if isinstance(offer, dict):
-        _unknown(r, "offer", offer, {"id", "offerId", "schemaVersion"})
-        if not isinstance(offer.get("id") or offer.get("offerId"), str):
+        _unknown(r, "offer", offer)
+        if not isinstance(offer.get("id"), str) or not offer["id"].strip():
             r.fail("offer.id", offer.get("id", _UNSET), "the Partner Center offer id (product external id)")
     elif offer is not None and not (isinstance(offer, str) and offer.strip()):
         r.fail("offer", offer, "an offer id, or {id, schemaVersion}")
@@ -385,7 +403,8 @@ def parse_settings(
     )  # fmt: skip
 
 
-def _unknown(r: _Reader, prefix: str, value: dict[str, Any], known: set[str]) -> None:
+def _unknown(r: _Reader, prefix: str, value: dict[str, Any]) -> None:
+    known = NESTED_KEYS[prefix]
     for key in sorted(set(value) - known):
         r.fail(f"{prefix}.{key}", value[key], f"no such key (known: {', '.join(sorted(known))})")
 
@@ -449,8 +468,7 @@ def _application(r: _Reader, raw: dict[str, Any]) -> ApplicationSettings:
 
 def _office365(r: _Reader, raw: dict[str, Any]) -> Office365Settings:
     p = "office365."
-    _unknown(r, "office365", raw, {"userPrincipalName", "displayName", "usageLocation", "licenseSkuId",
-                                   "rotationDays", "passwordLength", "syncTimeoutSeconds"})  # fmt: skip
+    _unknown(r, "office365", raw)
     upn = r.string(p + "userPrincipalName", raw.get("userPrincipalName", _UNSET),
                    required="the user principal name of the lead-writer user, e.g. leadwriter@contoso.onmicrosoft.com")
     if upn is not None and not _EMAIL.match(upn):
@@ -473,7 +491,7 @@ def _office365(r: _Reader, raw: dict[str, Any]) -> Office365Settings:
 def _solution(r: _Reader, raw: dict[str, Any] | None) -> SolutionSettings:
     p = "solution."
     raw = raw or {}
-    _unknown(r, "solution", raw, {"path", "url", "sha256", "allowUnmanaged", "importTimeoutSeconds"})
+    _unknown(r, "solution", raw)
     path = raw.get("path")
     url = r.string(p + "url", raw.get("url", _UNSET))
     sha = r.string(p + "sha256", raw.get("sha256", _UNSET))

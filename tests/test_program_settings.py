@@ -58,6 +58,11 @@ def test_minimal_config_gets_the_documented_defaults(zip_path):
     assert s.application_user.email == "leads@contoso.com"  # defaults to the first contact email
 
 
+def test_request_timeout_accepts_seconds_up_to_an_hour(zip_path):
+    for value in ("60", "12.5", "3600"):
+        parse_settings(base(zip_path, requestTimeoutSeconds=value))
+
+
 def test_contact_emails_accept_a_list_or_a_semicolon_string(zip_path):
     as_list = parse_settings(base(zip_path, contactEmails=["a@contoso.com", "b@contoso.com"]))
     as_text = parse_settings(base(zip_path, contactEmails="a@contoso.com; b@contoso.com"))
@@ -121,6 +126,9 @@ ERROR_CASES = {
     "no email for the application user": ({"contactEmails": None}, "applicationUser.email = <unset>: expected the email of the Dynamics application user"),
     "offer object without id": ({"offer": {"schemaVersion": "2022-03-01-preview3"}}, "offer.id = <unset>: expected the Partner Center offer id"),
     "application user email": ({"applicationUser": {"email": "nobody"}}, "applicationUser.email = 'nobody': expected an email address"),
+    "request timeout zero": ({"requestTimeoutSeconds": "0"}, "requestTimeoutSeconds = '0': expected a number of seconds, more than 0 and at most 3600"),
+    "request timeout text": ({"requestTimeoutSeconds": "a minute"}, "requestTimeoutSeconds = 'a minute': expected a number of seconds"),
+    "offer unknown field": ({"offer": {"offerId": "contoso-lead-offer"}}, "offer.offerId = 'contoso-lead-offer': expected no such key"),
 }  # fmt: skip
 
 
