@@ -174,6 +174,8 @@ class _Reader:
         if top in self.secret_keys or is_secret_name(key):
             return "[secret]"
         value = _mask_nested(value)
+        if isinstance(value, str) and "?" in value and urlparse(value).scheme in ("http", "https"):
+            value = value.split("?", 1)[0] + "?[query hidden]"  # a SAS or signed URL carries its token there
         text = value if isinstance(value, str) else json.dumps(value)
         text = text if len(text) <= 120 else text[:117] + "..."
         return repr(text) if isinstance(value, str) else text

@@ -269,6 +269,12 @@ def test_a_secret_under_a_misplaced_or_mistyped_key_is_never_echoed(zip_path):
     assert any("application.secretLifetimeDays = 0:" in p for p in problems_of(base(zip_path, application={"secretLifetimeDays": 0})))
 
 
+def test_a_signed_url_is_shown_without_its_query(zip_path):
+    found = problems_of(base(zip_path, solution={"url": "http://store.example/s.zip?sv=1&sig=SasSignature123"}))
+    assert any("solution.url = 'http://store.example/s.zip?[query hidden]': expected an https URL" in p for p in found)
+    assert "SasSignature123" not in "\n".join(found)
+
+
 def test_a_value_the_stack_holds_as_secret_is_masked_whatever_its_key():
     from pulumi.runtime import settings as runtime_settings
 
