@@ -502,8 +502,13 @@ def _solution(r: _Reader, raw: dict[str, Any] | None) -> SolutionSettings:
     if path is not None:
         path = r.existing_file(p + "path", path)
     if url is not None:
-        if urlparse(url).scheme != "https":
+        parts = urlparse(url)
+        if parts.scheme != "https":
             r.fail(p + "url", url, "an https URL of the solution zip")
+        elif parts.query or parts.fragment or parts.username or parts.password:
+            # a URL is stored in plain text in the stack state: no signed (SAS) URL, no credentials
+            r.fail(p + "url", url, "a plain https URL without query or credentials (download signed URLs to "
+                                   "solution.path instead; the URL is kept in plain text in the state)")
         if sha is None or not _SHA256.match(sha):
             r.fail(p + "sha256", sha, "the 64-hex-digit SHA-256 of the zip at solution.url")
     return SolutionSettings(

@@ -273,6 +273,11 @@ def test_a_signed_url_is_shown_without_its_query(zip_path):
     found = problems_of(base(zip_path, solution={"url": "http://store.example/s.zip?sv=1&sig=SasSignature123"}))
     assert any("solution.url = 'http://store.example/s.zip?[query hidden]': expected an https URL" in p for p in found)
     assert "SasSignature123" not in "\n".join(found)
+    found = problems_of(base(zip_path, solution={"url": "https://store.example/s.zip?sig=SasSignature123",
+                                                 "sha256": "0" * 64}))
+    assert any("solution.url = 'https://store.example/s.zip?[query hidden]': expected a plain https URL without query"
+               in p for p in found), found
+    assert "SasSignature123" not in "\n".join(found)
 
 
 def test_a_value_the_stack_holds_as_secret_is_masked_whatever_its_key():
