@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from sandbox.provider_host import (
     Secret,
     _plain,
     from_struct,
+    guard_provider_serialization,
     to_struct,
 )
 
@@ -38,6 +40,9 @@ VERBS = ("preview", "up", "refresh", "destroy")
 STACK_TYPE = "pulumi:pulumi:Stack"
 UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"  # pulumi.runtime.rpc.UNKNOWN
 SECRET_MARK = "__rehearsal_secret"
+# Threads for resource registrations: the CLI's language host sizes the program's default executor by
+# `--parallel` (unbounded by default), so independent resources register, and are created, at once.
+PROGRAM_PARALLELISM = 64
 
 
 def is_dynamic_type(type_: str) -> bool:
@@ -542,6 +547,54 @@ def _message(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+class _ProgramDirs:
+    """The process-wide context a Pulumi program expects (cwd = project dir, project on sys.path), shared
+    by rehearsals running in threads of one process: reference-counted, and rehearsals of a different
+    project directory wait until the current one is done instead of pulling the cwd from under it."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.current: Path | None = None
+        self.users = 0
+        self.saved_cwd = ""
+        self.path_refs: dict[str, int] = {}
+
+    def enter(self, project_dir: Path, paths: list[str]) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: self.users == 0 or self.current == project_dir)
+            if self.users == 0:
+                self.saved_cwd = os.getcwd()
+                os.chdir(project_dir)
+                self.current = project_dir
+            self.users += 1
+            for entry in paths:
+                if entry not in self.path_refs:
+                    self.path_refs[entry] = 0 if entry in sys.path else 1
+                    if self.path_refs[entry]:
+                        sys.path.insert(0, entry)
+                elif self.path_refs[entry]:
+                    self.path_refs[entry] += 1
+
+    def leave(self, project_dir: Path, paths: list[str]) -> None:
+        with self.cond:
+            for entry in paths:
+                refs = self.path_refs.get(entry, 0)
+                if refs > 1:
+                    self.path_refs[entry] = refs - 1
+                elif entry in self.path_refs:
+                    del self.path_refs[entry]
+                    if refs == 1 and entry in sys.path:
+                        sys.path.remove(entry)
+            self.users -= 1
+            if self.users == 0:
+                os.chdir(self.saved_cwd)
+                self.current = None
+                self.cond.notify_all()
+
+
+_PROGRAM_DIRS = _ProgramDirs()
+
+
 def _make_monitor(engine: _Engine) -> Any:
     from pulumi.runtime import mocks
     from pulumi.runtime.proto import resource_pb2
@@ -601,9 +654,11 @@ class Rehearsal:
 
     def _start_host(self) -> ProviderHost:
         host = ProviderHost(self.project_dir, project=self.project, stack=self.stack, env=self.host_env).start()
-        host.configure(
-            {k: (Secret(v) if k in self.secret_keys else v) for k, v in self.config.items()}
-        )
+        try:
+            host.configure({k: (Secret(v) if k in self.secret_keys else v) for k, v in self.config.items()})
+        except BaseException:
+            host.stop()
+            raise
         self.host = host
         return host
 
@@ -613,6 +668,8 @@ class Rehearsal:
 
         def target() -> None:
             import pulumi
+
+            guard_provider_serialization()
             from pulumi.runtime import mocks, settings
             from pulumi.runtime.config import set_all_config
             from pulumi.runtime.stack import run_pulumi_func
@@ -631,14 +688,13 @@ class Rehearsal:
                 monitor=monitor,
             )
             main_py = self.project_dir / "__main__.py"
-            old_cwd = os.getcwd()
             extra = [str(self.project_dir)] + [
                 p for p in (self.host_env or {}).get("PYTHONPATH", "").split(os.pathsep) if p
             ]
-            inserted = [p for p in extra if p not in sys.path]
-            sys.path[0:0] = inserted
+            executor = ThreadPoolExecutor(max_workers=PROGRAM_PARALLELISM, thread_name_prefix=f"register-{self.stack}")
+            loop.set_default_executor(executor)
+            _PROGRAM_DIRS.enter(self.project_dir, extra)
             try:
-                os.chdir(self.project_dir)
 
                 def program() -> None:
                     runpy.run_path(str(main_py), run_name="__main__")
@@ -663,10 +719,9 @@ class Rehearsal:
                     outputs[name] = Secret(val) if secret else _mark_nested(val)
                 box["outputs"] = outputs
             finally:
-                os.chdir(old_cwd)
-                for p in inserted:
-                    sys.path.remove(p)
+                _PROGRAM_DIRS.leave(self.project_dir, extra)
                 loop.close()
+                executor.shutdown(wait=False)
 
         def guarded() -> None:
             try:
@@ -689,9 +744,15 @@ class Rehearsal:
         errors: list[str] = []
         steps: list[Step] = []
         exit_code = 0
+        # The provider host boots (a Python process importing pulumi and grpc) while the program is scanned.
+        starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="host-start")
+        host_future = starter.submit(self._start_host)
+        starter.shutdown(wait=False)
         if verb == "up":
             scan = _Engine(self, "up", state, None, scan=True)
             _, scan_errors = self._run_program(scan)
+            if scan.foreign or scan_errors:
+                _stop_quietly(host_future)
             if scan.foreign:
                 return self._finish(
                     verb, [], {}, [
@@ -703,7 +764,7 @@ class Rehearsal:
                 )
             if scan_errors:
                 return self._finish(verb, [], {}, scan_errors, started, 2)
-        host = self._start_host()
+        host = host_future.result()
         try:
             engine = _Engine(self, verb, state, host, scan=False)
             try:
@@ -749,6 +810,13 @@ class Rehearsal:
         if self.echo is not None:
             self.echo(text)
         return RunResult(verb, steps, outputs, not errors, text, duration, code)
+
+
+def _stop_quietly(host_future: Any) -> None:
+    try:
+        host_future.result().stop()
+    except Exception:  # noqa: BLE001 - the run is already being refused for a clearer reason
+        pass
 
 
 def _strip_unknowns(value: Any) -> Any:

@@ -67,7 +67,8 @@ class ToyProvider(ResourceProvider):
 
     def _call(self, op: str, **detail: Any) -> dict[str, Any]:
         store = load_store(self.store_path)
-        store["calls"].append({"op": op, "pid": os.getpid(), "thread": threading.get_ident(), **detail})
+        store["calls"].append({"op": op, "pid": os.getpid(), "thread": threading.get_ident(), "at": time.time(),
+                               **detail})
         return store
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
@@ -94,6 +95,8 @@ class ToyProvider(ResourceProvider):
         if props.get("fail_on") == "create":
             raise ValueError(f"toy create refused for {props.get('name')}")
         if props.get("slow"):
+            with _LOCK:
+                save_store(self.store_path, self._call("create-start", name=props.get("name")))
             time.sleep(float(props["slow"]))
         with _LOCK:
             store = self._call("create", name=props.get("name"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,40 @@ def test_command_line_runs_up_and_preview_with_exit_codes(project, capsys, monke
     out = capsys.readouterr().out
     assert "+ 4 created" in out and "4 unchanged" in out and SECRET not in out
     assert main(["up", *args, "--config-override", "failOn=update", "--config-override", "size=9"]) == 1
+
+
+PARALLEL_PROGRAM = """
+import pulumi
+from tests.support_toy_provider import ToyRecord
+
+x = ToyRecord("x", name="x", slow=1)
+y = ToyRecord("y", name="y", slow=1)
+z = ToyRecord("z", name="z", opts=pulumi.ResourceOptions(depends_on=[x, y]))
+"""
+
+
+def test_independent_resources_are_created_at_once_and_dependents_after_them(project):
+    (project / "__main__.py").write_text(PARALLEL_PROGRAM)
+    result = rehearse(project)
+    assert result.ok, result.text
+    calls = store(project)["calls"]
+    started = {c["name"]: c["at"] for c in calls if c["op"] == "create-start"}
+    done = {c["name"]: c["at"] for c in calls if c["op"] == "create"}
+    assert started["y"] < done["x"] and started["x"] < done["y"], "x and y were created one after the other"
+    assert done["z"] > max(done["x"], done["y"])
+
+
+def test_many_rehearsals_in_threads_of_one_process_all_converge(project, tmp_path):
+    def up(i):
+        reh = Rehearsal(
+            project, "test", tmp_path / "fleet" / f"{i}.json",
+            {"toy:token": Secret(SECRET), "toy:storePath": str(tmp_path / f"store{i}.json")},
+            key_path=tmp_path / "keys" / "fleet.key", host_env={"PYTHONPATH": str(REPO)},
+        )
+        return reh.run("up")
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(up, range(6)))
+    assert [r.text for r in results if not r.ok] == []
+    for i in range(6):
+        assert len(load_store(str(tmp_path / f"store{i}.json"))["records"]) == 4
