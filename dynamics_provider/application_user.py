@@ -20,6 +20,9 @@ from dynamics_provider.base import (
     need_guid,
     need_https_url,
     need_text,
+    new_revision,
+    next_revision,
+    raise_errors,
     same,
 )
 from dynamics_provider.errors import AmbiguousWriteError, DuplicateRecord, NotFound
@@ -78,13 +81,12 @@ class ApplicationUserProvider(DataverseResourceProvider):
         subject = f"application {inputs['application_id']}"
         with self.operation("create", subject):
             client = self.client(inputs["instance_url"])
-            user = self._find(client, inputs["application_id"])
+            user, bu = self._lookup(client, inputs, self._by_application(inputs["application_id"]))
             adopted = user is not None
             if user is None:
-                user = self._create(client, inputs)
-                adopted = user.pop("_adopted", False)
-            user = self._converge(client, inputs, user)
-        return CreateResult(user["systemuserid"], self._outs(inputs, user, adopted))
+                user, adopted = self._create(client, inputs, bu)
+            user, _ = self._converge(client, inputs, user, bu)
+        return CreateResult(user["systemuserid"], self._outs(inputs, user, adopted, new_revision()))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         state = clean(props)
@@ -105,20 +107,20 @@ class ApplicationUserProvider(DataverseResourceProvider):
             and not same(bu, state["business_unit"])
         ):
             observed["business_unit"] = bu
-        return ReadResult(id_, self._outs(observed, user, bool(state.get("adopted"))))
+        return ReadResult(id_, self._outs(observed, user, bool(state.get("adopted")), state.get("revision")))
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         inputs, state = clean(news), clean(olds)
         with self.operation("update", f"systemuser {id_}"):
             client = self.client(inputs["instance_url"])
-            user = self._get(client, id_)
+            user, bu = self._lookup(client, inputs, self._by_id(id_))
             if user is None:
                 raise self.refuse(
                     "update", f"systemuser {id_}", "the user no longer exists",
                     "run `pulumi refresh` so that the next `pulumi up` creates it again",
                 )
-            user = self._converge(client, inputs, user)
-        return UpdateResult(self._outs(inputs, user, bool(state.get("adopted"))))
+            user, wrote = self._converge(client, inputs, user, bu)
+        return UpdateResult(self._outs(inputs, user, bool(state.get("adopted")), next_revision(state, wrote)))
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         state = clean(props)
@@ -139,6 +141,46 @@ class ApplicationUserProvider(DataverseResourceProvider):
 
     # -- steps ---------------------------------------------------------------------------------
 
+    @staticmethod
+    def _by_application(application_id: str) -> str:
+        from dynamics_provider.client import odata_guid, odata_path
+
+        return odata_path("systemusers", {"$select": ",".join(USER_FIELDS),
+                                          "$filter": f"applicationid eq {odata_guid(application_id)}"})
+
+    @staticmethod
+    def _by_id(id_: str) -> str:
+        from dynamics_provider.client import odata_guid, odata_path
+
+        return odata_path(f"systemusers({odata_guid(id_)})", {"$select": ",".join(USER_FIELDS)})
+
+    def _lookup(self, client: Any, inputs: dict[str, Any], user_path: str) -> tuple[dict[str, Any] | None, str]:
+        """The user (by `user_path`) and the wanted business unit's id, in one `$batch` round trip."""
+        from dynamics_provider.client import odata_path, odata_string
+
+        wanted = inputs.get("business_unit")
+        paths = [user_path]
+        if not (wanted and GUID_RE.match(wanted)):
+            paths.append(odata_path("businessunits", {
+                "$select": "businessunitid",
+                "$filter": f"name eq {odata_string(wanted)}" if wanted else "_parentbusinessunitid_value eq null",
+            }))
+        found, *units = client.batch_get(paths)
+        if isinstance(found, NotFound):
+            user = None
+        else:
+            found, *units = raise_errors([found, *units])
+            user = found if "systemuserid" in found else next(iter(found.get("value") or []), None)
+        if not units:
+            return user, wanted
+        rows = raise_errors(units)[0].get("value") or []
+        if not rows:
+            raise self.refuse(
+                "resolve", f"business unit {wanted!r}", "no business unit has this name",
+                "use the name shown under Settings → Business Management → Business Units, or its id",
+            )
+        return user, rows[0]["businessunitid"]
+
     def _find(self, client: Any, application_id: str) -> dict[str, Any] | None:
         from dynamics_provider.client import odata_guid
 
@@ -151,35 +193,37 @@ class ApplicationUserProvider(DataverseResourceProvider):
         except NotFound:
             return None
 
-    def _create(self, client: Any, inputs: dict[str, Any]) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "applicationid": inputs["application_id"],
-            "businessunitid@odata.bind": f"/businessunits({self._business_unit_id(client, inputs)})",
-        }
+    def _create(self, client: Any, inputs: dict[str, Any], bu: str) -> tuple[dict[str, Any], bool]:
+        """Create the user (its row comes back in the same answer); (user, adopted).
+
+        Not idempotent, so an unknown outcome is settled by looking the application id up; a duplicate
+        means someone else created it first (adopted)."""
+        app_id = inputs["application_id"]
+        body: dict[str, Any] = {"applicationid": app_id, "businessunitid@odata.bind": f"/businessunits({bu})"}
         for key, field in (("first_name", "firstname"), ("last_name", "lastname"), ("email", "internalemailaddress")):
             if inputs.get(key) is not None:
                 body[field] = inputs[key]
-        try:
-            client.create("systemusers", body)
-        except AmbiguousWriteError:
-            pass  # it may exist now: the lookup below decides
-        except DuplicateRecord:
-            user = self._find(client, inputs["application_id"])  # created concurrently by someone else
-            if user is not None:
-                return {**user, "_adopted": True}
-            raise
-        user = self._find(client, inputs["application_id"])
-        if user is None:  # the ambiguous write did not happen: send it once more
-            client.create("systemusers", body)
-            user = self._find(client, inputs["application_id"])
-        if user is None:
-            raise self.refuse(
-                "create", f"application {inputs['application_id']}", "the new user cannot be found",
-                "check the organization's audit log and retry",
-            )
-        return user
+        for attempt in (1, 2):
+            try:
+                return client.create_record("systemusers", body, USER_FIELDS), False
+            except DuplicateRecord:
+                user = self._find(client, app_id)  # created concurrently, or our earlier send landed late
+                if user is not None:
+                    return user, attempt == 1
+                raise
+            except AmbiguousWriteError as exc:
+                user = client.settle(lambda: self._find(client, app_id), exc)
+                if user is not None:
+                    return user, False
+                if attempt == 2:
+                    raise
+                # the write did not happen: send it once more
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    def _converge(self, client: Any, inputs: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
+    def _converge(
+        self, client: Any, inputs: dict[str, Any], user: dict[str, Any], bu: str
+    ) -> tuple[dict[str, Any], bool]:
+        """Enable, rename and move the user as the inputs say; (user as it is now, whether it wrote)."""
         patch: dict[str, Any] = {}
         if user.get("isdisabled"):
             patch["isdisabled"] = False
@@ -188,12 +232,12 @@ class ApplicationUserProvider(DataverseResourceProvider):
                 patch[field] = inputs[key]
         if patch:
             client.update("systemusers", user["systemuserid"], patch)
-        bu = self._business_unit_id(client, inputs)
-        if not same(bu, user.get("_businessunitid_value")):
+        moved = not same(bu, user.get("_businessunitid_value"))
+        if moved:
             self._move(client, user["systemuserid"], bu)
-        if patch or not same(bu, user.get("_businessunitid_value")):
+        if patch or moved:
             user = self._get(client, user["systemuserid"]) or user
-        return user
+        return user, bool(patch or moved)
 
     def _move(self, client: Any, user_id: str, bu: str) -> None:
         """A user's business unit changes only through SetBusinessSystemUser (PATCH is refused)."""
@@ -212,25 +256,8 @@ class ApplicationUserProvider(DataverseResourceProvider):
                 "move the user under Settings → Security → Users → Change Business Unit, then run `pulumi up`",
             ) from exc
 
-    def _business_unit_id(self, client: Any, inputs: dict[str, Any]) -> str:
-        from dynamics_provider.client import odata_string
-
-        wanted = inputs.get("business_unit")
-        if wanted and GUID_RE.match(wanted):
-            return wanted
-        if wanted:
-            rows = client.query("businessunits", select=["businessunitid"], filter=f"name eq {odata_string(wanted)}")
-        else:
-            rows = client.query("businessunits", select=["businessunitid"], filter="_parentbusinessunitid_value eq null")
-        if not rows:
-            raise self.refuse(
-                "resolve", f"business unit {wanted!r}", "no business unit has this name",
-                "use the name shown under Settings → Business Management → Business Units, or its id",
-            )
-        return rows[0]["businessunitid"]
-
     @staticmethod
-    def _outs(inputs: dict[str, Any], user: dict[str, Any], adopted: bool) -> dict[str, Any]:
+    def _outs(inputs: dict[str, Any], user: dict[str, Any], adopted: bool, revision: str | None) -> dict[str, Any]:
         outs = {k: inputs.get(k) for k in INPUTS}
         outs.update(
             systemuser_id=user["systemuserid"],
@@ -238,6 +265,7 @@ class ApplicationUserProvider(DataverseResourceProvider):
             full_name=user.get("fullname"),
             disabled=bool(user.get("isdisabled")),
             adopted=adopted,
+            revision=revision,
         )
         return outs
 
@@ -256,6 +284,7 @@ class ApplicationUser(Resource, module="dynamics", name="ApplicationUser"):
     full_name: pulumi.Output[str]
     disabled: pulumi.Output[bool]
     adopted: pulumi.Output[bool]
+    revision: pulumi.Output[str]
 
     def __init__(
         self,
@@ -281,5 +310,6 @@ class ApplicationUser(Resource, module="dynamics", name="ApplicationUser"):
             "full_name": None,
             "disabled": None,
             "adopted": None,
+            "revision": None,
         }
         super().__init__(ApplicationUserProvider(), resource_name, props, opts)

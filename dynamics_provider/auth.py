@@ -66,9 +66,23 @@ _SOURCES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = 
     "allow_loopback": (("lead-destination:allowLoopback",), (), ("LEAD_DESTINATION_ALLOW_LOOPBACK",)),
     "partner_center_endpoint": (("lead-destination:partnerCenterEndpoint",), (),
                                 ("LEAD_DESTINATION_PARTNER_CENTER_ENDPOINT",)),
+    "request_timeout_seconds": (("lead-destination:requestTimeoutSeconds",), (),
+                                ("LEAD_DESTINATION_REQUEST_TIMEOUT_SECONDS",)),
 }
 
 _BOOL_FIELDS = ("use_azure_cli", "allow_loopback")
+DEFAULT_REQUEST_TIMEOUT_SECONDS = 60.0
+
+
+def parse_timeout(value: Any, *, name: str = "value") -> float:
+    """A positive number of seconds (at most one hour) from config text or a number."""
+    try:
+        seconds = float(str(value).strip())
+    except ValueError:
+        raise ValueError(f"{name}: expected a number of seconds, got {value!r}") from None
+    if not 0 < seconds <= 3600:
+        raise ValueError(f"{name}: expected more than 0 and at most 3600 seconds, got {value!r}")
+    return seconds
 
 
 def parse_bool(value: Any, *, name: str = "value") -> bool:
@@ -101,6 +115,8 @@ class DeployerSettings:
     ca_bundle: str | None = None
     allow_loopback: bool = False
     partner_center_endpoint: str | None = None
+    #: per-request read timeout of the Dataverse client (a write with no answer in time is looked up)
+    request_timeout_seconds: float = DEFAULT_REQUEST_TIMEOUT_SECONDS
 
     @classmethod
     def from_sources(
@@ -129,6 +145,8 @@ class DeployerSettings:
                 values[name] = parse_bool(found, name=name)
             elif name == "cloud":
                 values[name] = normalize_cloud(str(found))
+            elif name == "request_timeout_seconds":
+                values[name] = parse_timeout(found, name="lead-destination:requestTimeoutSeconds")
             else:
                 values[name] = str(found).strip() if name not in ("client_secret", "certificate_password",
                                                                    "federated_token") else str(found)

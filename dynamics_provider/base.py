@@ -5,11 +5,13 @@ check-time validators and error messages that name resource, operation, cause an
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 import re
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -95,6 +97,31 @@ def same(a: Any, b: Any) -> bool:
     if isinstance(a, str) and isinstance(b, str) and (GUID_RE.match(a) or EMAIL_RE.match(a)):
         return a.lower() == b.lower()
     return a == b
+
+
+# ---------------------------------------------------------------------------------------------
+# revisions: a marker that changes whenever a resource wrote to Dataverse, so that what proves the
+# chain (LeadWriteCheck's triggers) re-runs after a repair or an upgrade
+
+
+def new_revision() -> str:
+    """A fresh, unique revision marker (UTC time for people, random suffix for uniqueness)."""
+    return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+def next_revision(state: Mapping[str, Any], wrote: bool) -> str:
+    """The revision after an update: fresh if it wrote anything (or none was recorded), else the stored one."""
+    stored = state.get("revision")
+    return new_revision() if wrote or not isinstance(stored, str) or not stored else stored
+
+
+def raise_errors(results: Iterable[Any]) -> list[Any]:
+    """The parts of a `$batch` answer, raising the first typed error among them."""
+    results = list(results)
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
@@ -41,6 +41,11 @@ _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4
 _ENTITY_ID = re.compile(r"\(([0-9a-fA-F-]{36})\)\s*$")
 
 
+class UnansweredWrite(AmbiguousWriteError):
+    """No answer within the read timeout: the server may still be working on the write, so a lookup
+    right now can miss it (callers give it up to one read timeout to appear before sending again)."""
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Bounds of the retry loop: attempts (sends) per call, total seconds, backoff, per-send read timeout."""
@@ -61,6 +66,14 @@ class RetryPolicy:
 def odata_string(value: str) -> str:
     """An OData string literal: quotes doubled, e.g. O'Brien -> 'O''Brien'."""
     return "'" + str(value).replace("'", "''") + "'"
+
+
+def odata_path(path: str, params: Mapping[str, str] | None = None) -> str:
+    """A relative request path with its query string encoded, e.g. for `batch_get`."""
+    if not params:
+        return path
+    safe = "$,()'=;"
+    return path + "?" + "&".join(f"{key}={quote(str(value), safe=safe)}" for key, value in params.items())
 
 
 def odata_guid(value: str) -> str:
@@ -233,7 +246,8 @@ class ApiClient:
                 log.debug("%s %s attempt %d: %s (%s)", method, shown, attempt, type(exc).__name__,
                           "not sent" if not_sent else "sent, no answer")
                 if not not_sent and not idempotent:
-                    raise AmbiguousWriteError(method, shown, f"{type(exc).__name__} after the request was sent") from None
+                    cls = UnansweredWrite if isinstance(exc, requests.exceptions.ReadTimeout) else AmbiguousWriteError
+                    raise cls(method, shown, f"{type(exc).__name__} after the request was sent") from None
                 wait = policy.backoff(attempt)
                 if attempt >= policy.max_attempts or time.monotonic() + wait > deadline:
                     raise ServiceUnavailable(
@@ -347,7 +361,8 @@ class DataverseClient(ApiClient):
             key = (url, settings, id(provider))
             client = _CLIENTS.get(key)
             if client is None or client.tokens is not provider:
-                client = cls(url, provider, ca_bundle=settings.ca_bundle)
+                client = cls(url, provider, ca_bundle=settings.ca_bundle,
+                             retry=RetryPolicy(timeout=settings.request_timeout_seconds))
                 _CLIENTS[key] = client
             return client
 
@@ -459,6 +474,34 @@ class DataverseClient(ApiClient):
         raise DataverseError(response.status_code, None, "created, but the answer carried no record id",
                              method="POST", path=entity_set,
                              hint="Look the record up by its natural key")
+
+    def create_record(self, entity_set: str, body: dict, select: Sequence[str]) -> dict:
+        """POST a record with `Prefer: return=representation`: the created row (selected columns) in
+        the same round trip, so no follow-up GET. AmbiguousWriteError if the outcome is unknown."""
+        response = self.request("POST", entity_set, params={"$select": ",".join(select)}, json=body,
+                                headers={"Prefer": "return=representation"}, idempotent=False)
+        if response.status_code == 201 and response.content:
+            return response.json()
+        # a server that ignored the preference answered 204: read the row it names
+        match = _ENTITY_ID.search(response.headers.get("OData-EntityId", ""))
+        if not match:
+            raise DataverseError(response.status_code, None, "created, but the answer carried no record id",
+                                 method="POST", path=entity_set, hint="Look the record up by its natural key")
+        return self.get(f"{entity_set}({match.group(1).lower()})", {"$select": ",".join(select)})
+
+    def settle(self, lookup: Callable[[], Any], exc: AmbiguousWriteError) -> Any:
+        """After an ambiguous write: the lookup's answer. When the write went unanswered (it may still
+        be in flight), look again for up to one read timeout before concluding it did not happen."""
+        found = lookup()
+        if found or not isinstance(exc, UnansweredWrite):
+            return found
+        deadline = time.monotonic() + self.retry.timeout
+        delay = 0.25
+        while not found and time.monotonic() < deadline:
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 2.0)
+            found = lookup()
+        return found
 
     def update(self, entity_set: str, record_id: str, body: dict) -> None:
         self.request("PATCH", f"{entity_set}({odata_guid(record_id)})", json=body, headers={"If-Match": "*"})

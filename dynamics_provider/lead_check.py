@@ -30,6 +30,7 @@ from dynamics_provider.errors import (
     AmbiguousWriteError,
     AuthenticationError,
     DataverseError,
+    DuplicateRecord,
     NotFound,
     Unauthorized,
 )
@@ -97,14 +98,13 @@ class LeadWriteCheckProvider(DataverseResourceProvider):
         with self.operation("create", subject):
             admin = self.client(inputs["instance_url"])
             writer = self.client(inputs["instance_url"], tokens=self._writer_tokens(inputs))
-            lead = validation_lead(dotnet_ticks())
+            lead = {"leadid": str(uuid.uuid4()), **validation_lead(dotnet_ticks())}
             lead_id = self._write(inputs, admin, writer, lead, subject)
-            admin.get(f"leads({lead_id})", {"$select": "leadid,subject"})  # read back as the deployer
-            if not inputs.get("keep_lead"):
-                try:
-                    admin.delete("leads", lead_id)
-                except NotFound:
-                    pass
+            # The deployer's answer proves the lead landed: a 204 on delete, or reading the kept lead.
+            if inputs.get("keep_lead"):
+                admin.get(f"leads({lead_id})", {"$select": "leadid,subject"})
+            else:
+                admin.delete("leads", lead_id)
         outs = self.outputs(
             {k: inputs.get(k) for k in INPUTS},
             lead_id=lead_id if inputs.get("keep_lead") else None,
@@ -160,18 +160,25 @@ class LeadWriteCheckProvider(DataverseResourceProvider):
         try:
             try:
                 return writer.create("leads", lead)
-            except AmbiguousWriteError:
-                found = self._find_lead(admin, lead["subject"])
-                return found or writer.create("leads", lead)
+            except AmbiguousWriteError as exc:
+                # the lead carries its own id: look for it (giving an unanswered write time to land),
+                # and resend the same id otherwise, which can never make a second lead
+                if writer.settle(lambda: self._lead_exists(admin, lead["leadid"]), exc):
+                    return lead["leadid"]
+                try:
+                    return writer.create("leads", lead)
+                except DuplicateRecord:
+                    return lead["leadid"]  # the first send landed in the meantime
         except DataverseError as exc:
             raise self._diagnose(inputs, admin, exc, subject) from exc
 
     @staticmethod
-    def _find_lead(admin: Any, subject_text: str) -> str | None:
-        from dynamics_provider.client import odata_string
-
-        rows = admin.query("leads", select=["leadid"], filter=f"subject eq {odata_string(subject_text)}")
-        return rows[0]["leadid"] if rows else None
+    def _lead_exists(admin: Any, lead_id: str) -> bool:
+        try:
+            admin.get(f"leads({lead_id})", {"$select": "leadid"})
+        except NotFound:
+            return False
+        return True
 
     def _diagnose(self, inputs: dict[str, Any], admin: Any, exc: DataverseError, subject: str) -> Exception:
         from dynamics_provider.client import odata_guid, odata_string

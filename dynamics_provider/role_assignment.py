@@ -18,9 +18,12 @@ from dynamics_provider.base import (
     need_guid,
     need_https_url,
     need_text,
+    new_revision,
+    next_revision,
+    raise_errors,
     same,
 )
-from dynamics_provider.errors import AmbiguousWriteError, DuplicateRecord, NotFound
+from dynamics_provider.errors import DuplicateRecord, NotFound
 
 INPUTS = ("instance_url", "user_id", "role_name", "role_id")
 NAV = "systemuserroles_association"
@@ -66,29 +69,23 @@ class SecurityRoleAssignmentProvider(DataverseResourceProvider):
         subject = f"user {inputs['user_id']} / role {inputs.get('role_name') or inputs.get('role_id')}"
         with self.operation("create", subject):
             client = self.client(inputs["instance_url"])
-            bu = self._user_business_unit(client, inputs["user_id"])
-            if bu is None:
-                raise self.refuse(
-                    "create", subject, "the systemuser does not exist in this organization",
-                    "create the user first (ApplicationUser / SyncedUser) and pass its systemuser_id",
-                )
-            role_id = self._role_copy(client, inputs, bu, subject)
-            adopted = self._associated(client, inputs["user_id"], role_id)
+            bu, assigned, role_id = self._lookup(client, inputs, subject)
+            adopted = role_id in assigned
             if not adopted:
                 self._associate(client, inputs["user_id"], role_id)
-        return CreateResult(f"{inputs['user_id']}:{role_id}", self._outs(inputs, role_id, bu, adopted))
+        return CreateResult(f"{inputs['user_id']}:{role_id}",
+                            self._outs(inputs, role_id, bu, adopted, new_revision()))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         state = clean(props)
         user_id, _, role_id = id_.partition(":")
         with self.operation("read", f"assignment {id_}"):
-            client = self.client(state["instance_url"])
-            bu = self._user_business_unit(client, user_id)
-            if bu is None or not self._associated(client, user_id, role_id):
-                return ReadResult("", {})
-        outs = {k: state.get(k) for k in INPUTS if k != "role_id"}
-        return ReadResult(id_, self._outs(outs | {"role_id": state.get("role_id_input")}, role_id, bu,
-                                          bool(state.get("adopted"))))
+            user = self._user(self.client(state["instance_url"]), user_id)
+        if user is None or role_id.lower() not in self._assigned(user):
+            return ReadResult("", {})
+        outs = {k: state.get(k) for k in INPUTS if k != "role_id"} | {"role_id": state.get("role_id_input")}
+        return ReadResult(id_, self._outs(outs, role_id, user.get("_businessunitid_value"),
+                                          bool(state.get("adopted")), state.get("revision")))
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         # Every input replaces; an update only happens for cosmetic changes, so re-assert and report.
@@ -96,10 +93,12 @@ class SecurityRoleAssignmentProvider(DataverseResourceProvider):
         user_id, _, role_id = id_.partition(":")
         with self.operation("update", f"assignment {id_}"):
             client = self.client(inputs["instance_url"])
-            bu = self._user_business_unit(client, user_id)
-            if not self._associated(client, user_id, role_id):
+            user = self._user(client, user_id)
+            wrote = user is None or role_id.lower() not in self._assigned(user)
+            if wrote:
                 self._associate(client, user_id, role_id)
-        return UpdateResult(self._outs(inputs, role_id, bu, bool(state.get("adopted"))))
+        bu = (user or {}).get("_businessunitid_value") or state.get("business_unit_id")
+        return UpdateResult(self._outs(inputs, role_id, bu, bool(state.get("adopted")), next_revision(state, wrote)))
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         state = clean(props)
@@ -115,59 +114,70 @@ class SecurityRoleAssignmentProvider(DataverseResourceProvider):
     # -- steps ---------------------------------------------------------------------------------
 
     @staticmethod
-    def _user_business_unit(client: Any, user_id: str) -> str | None:
+    def _user_path(user_id: str) -> str:
+        """The user's business unit and its roles, in one read."""
+        from dynamics_provider.client import odata_guid, odata_path
+
+        return odata_path(f"systemusers({odata_guid(user_id)})",
+                          {"$select": "systemuserid,_businessunitid_value", "$expand": f"{NAV}($select=roleid)"})
+
+    def _user(self, client: Any, user_id: str) -> dict[str, Any] | None:
         try:
-            return client.get(f"systemusers({user_id})", {"$select": "_businessunitid_value"})[
-                "_businessunitid_value"
-            ]
+            return client.get(self._user_path(user_id))
         except NotFound:
             return None
 
-    def _role_copy(self, client: Any, inputs: dict[str, Any], bu: str, subject: str) -> str:
-        """The copy of the role that lives in the user's business unit."""
-        from dynamics_provider.client import odata_guid, odata_string
+    @staticmethod
+    def _assigned(user: dict[str, Any]) -> set[str]:
+        return {str(r.get("roleid", "")).lower() for r in user.get(NAV) or []}
 
-        name = inputs.get("role_name")
-        if name is None:
-            try:
-                role = client.get(f"roles({inputs['role_id']})", {"$select": "roleid,name,_businessunitid_value"})
-            except NotFound:
-                raise self.refuse(
-                    "create", subject, "no role has this id", "pass role_name, or the id of an existing role"
-                ) from None
-            if same(role.get("_businessunitid_value"), bu):
-                return role["roleid"]
-            name = role["name"]
-        rows = client.query(
-            "roles",
-            select=["roleid", "name"],
-            filter=f"name eq {odata_string(name)} and _businessunitid_value eq {odata_guid(bu)}",
-        )
-        if not rows:
+    def _lookup(self, client: Any, inputs: dict[str, Any], subject: str) -> tuple[str, set[str], str]:
+        """(user's business unit, roles it has, the role's copy in that unit) in one `$batch` round trip
+        (a second read only when role_id names a copy of another business unit)."""
+        from dynamics_provider.client import odata_guid, odata_path, odata_string
+
+        columns = "roleid,name,_businessunitid_value"
+        if inputs.get("role_id"):
+            role_path = odata_path(f"roles({odata_guid(inputs['role_id'])})", {"$select": columns})
+        else:
+            role_path = odata_path("roles", {"$select": columns,
+                                             "$filter": f"name eq {odata_string(inputs['role_name'])}"})
+        user, roles = client.batch_get([self._user_path(inputs["user_id"]), role_path])
+        if isinstance(user, NotFound):
+            raise self.refuse(
+                "create", subject, "the systemuser does not exist in this organization",
+                "create the user first (ApplicationUser / SyncedUser) and pass its systemuser_id",
+            )
+        if isinstance(roles, NotFound) and inputs.get("role_id"):
+            raise self.refuse("create", subject, "no role has this id", "pass role_name, or the id of an existing role")
+        user, roles = raise_errors([user, roles])
+        bu = user["_businessunitid_value"]
+        rows = roles.get("value") if "value" in roles else [roles]
+        name = inputs.get("role_name") or rows[0]["name"]
+        copy = next((r for r in rows if same(r.get("_businessunitid_value"), bu)), None)
+        if copy is None and inputs.get("role_id"):
+            copy = next(iter(client.query(
+                "roles", select=["roleid", "name"],
+                filter=f"name eq {odata_string(name)} and _businessunitid_value eq {odata_guid(bu)}")), None)
+        if copy is None:
             raise self.refuse(
                 "create", subject, f"no role named {name!r} exists in the user's business unit",
                 "import the solution that brings the role (SolutionImport) before assigning it",
             )
-        return rows[0]["roleid"]
+        return bu, self._assigned(user), copy["roleid"].lower()
 
     @staticmethod
-    def _associated(client: Any, user_id: str, role_id: str) -> bool:
-        from dynamics_provider.client import odata_guid
-
-        rows = client.query(f"systemusers({user_id})/{NAV}", select=["roleid"], filter=f"roleid eq {odata_guid(role_id)}")
-        return any(same(r.get("roleid"), role_id) for r in rows)
-
-    def _associate(self, client: Any, user_id: str, role_id: str) -> None:
+    def _associate(client: Any, user_id: str, role_id: str) -> None:
+        """`$ref` association is idempotent (an existing one is success), so it is sent and retried as is."""
         try:
             client.associate("systemusers", user_id, NAV, "roles", role_id)
         except DuplicateRecord:
-            return  # already associated: success
-        except AmbiguousWriteError:
-            if not self._associated(client, user_id, role_id):
-                client.associate("systemusers", user_id, NAV, "roles", role_id)
+            return
 
     @staticmethod
-    def _outs(inputs: dict[str, Any], role_id: str, bu: str | None, adopted: bool) -> dict[str, Any]:
+    def _outs(
+        inputs: dict[str, Any], role_id: str, bu: str | None, adopted: bool, revision: str | None
+    ) -> dict[str, Any]:
         return {
             "instance_url": inputs.get("instance_url"),
             "user_id": inputs.get("user_id"),
@@ -176,6 +186,7 @@ class SecurityRoleAssignmentProvider(DataverseResourceProvider):
             "role_id": role_id,
             "business_unit_id": bu,
             "adopted": adopted,
+            "revision": revision,
         }
 
 
@@ -188,6 +199,7 @@ class SecurityRoleAssignment(Resource, module="dynamics", name="SecurityRoleAssi
     role_id: pulumi.Output[str]
     business_unit_id: pulumi.Output[str]
     adopted: pulumi.Output[bool]
+    revision: pulumi.Output[str]
 
     def __init__(
         self,
@@ -206,5 +218,6 @@ class SecurityRoleAssignment(Resource, module="dynamics", name="SecurityRoleAssi
             "role_id": role_id,
             "business_unit_id": None,
             "adopted": None,
+            "revision": None,
         }
         super().__init__(SecurityRoleAssignmentProvider(), resource_name, props, opts)

@@ -20,6 +20,9 @@ from dynamics_provider.base import (
     need_guid,
     need_https_url,
     need_text,
+    new_revision,
+    next_revision,
+    raise_errors,
     same,
 )
 from dynamics_provider.errors import NotFound
@@ -120,41 +123,40 @@ class RolePrivilegesProvider(DataverseResourceProvider):
         subject = f"role {inputs.get('role_name') or inputs.get('role_id')}"
         with self.operation("create", subject):
             client = self.client(inputs["instance_url"])
-            role = self._root_role(client, inputs, subject)
             desired = self._desired(inputs)
-            catalogue = self._catalogue(client, desired, subject)
-            current = self._current(client, role["roleid"])
-            previous = {name: current.get(name) for name in desired}
-            self._apply(client, role, desired, current, catalogue)
-            depths = self._read_depths(client, role["roleid"], desired)
-        return CreateResult(role["roleid"], self._outs(inputs, role["roleid"], depths, previous))
+            try:
+                role, catalogue, current = self._lookup(client, inputs, desired, subject)
+            except NotFound:
+                raise self.refuse("create", subject, "no role has this id", "pass an existing role's id") from None
+            previous = {name: current.get(name.lower()) for name in desired}
+            depths = self._read_back(desired, current, self._apply(client, role, desired, current, catalogue))
+        return CreateResult(role["roleid"], self._outs(inputs, role["roleid"], depths, previous, new_revision()))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         state = clean(props)
         with self.operation("read", f"role {id_}"):
-            client = self.client(state["instance_url"])
             try:
-                depths = self._read_depths(client, id_, self._desired(state))
+                current = self._current(self.client(state["instance_url"]), id_)
             except NotFound:
                 return ReadResult("", {})
-        return ReadResult(id_, {**state, "depths": depths})
+        return ReadResult(id_, {**state, "depths": self._read_back(self._desired(state), current, {})})
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         inputs, state = clean(news), clean(olds)
-        with self.operation("update", f"role {id_}"):
+        subject = f"role {id_}"
+        with self.operation("update", subject):
             client = self.client(inputs["instance_url"])
-            role = self._role(client, id_)
             desired = self._desired(inputs)
             previous = self._previous(state)
             released = [n for n in previous if n not in desired]
-            catalogue = self._catalogue(client, {**desired, **{n: None for n in released}}, f"role {id_}")
-            current = self._current(client, id_)
+            role, catalogue, current = self._lookup(
+                client, {"role_id": id_}, {**desired, **{n: None for n in released}}, subject)
             for name in desired:
-                previous.setdefault(name, current.get(name))
+                previous.setdefault(name, current.get(name.lower()))
             restore = {n: previous.pop(n) for n in released}
-            self._apply(client, role, {**desired, **restore}, current, catalogue)
-            depths = self._read_depths(client, id_, desired)
-        return UpdateResult(self._outs(inputs, id_, depths, previous))
+            applied = self._apply(client, role, {**desired, **restore}, current, catalogue)
+            depths = self._read_back(desired, current, applied)
+        return UpdateResult(self._outs(inputs, id_, depths, previous, next_revision(state, bool(applied))))
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         state = clean(props)
@@ -164,11 +166,10 @@ class RolePrivilegesProvider(DataverseResourceProvider):
         with self.operation("delete", f"role {id_}"):
             client = self.client(state["instance_url"])
             try:
-                role = self._role(client, id_)
+                role, catalogue, current = self._lookup(client, {"role_id": id_}, previous, f"role {id_}")
             except NotFound:
                 return  # the role is gone (solution uninstalled): nothing to restore
-            catalogue = self._catalogue(client, previous, f"role {id_}")
-            self._apply(client, role, previous, self._current(client, id_), catalogue)
+            self._apply(client, role, previous, current, catalogue)
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -182,46 +183,52 @@ class RolePrivilegesProvider(DataverseResourceProvider):
     def _desired(props: dict[str, Any]) -> dict[str, str]:
         return {p["name"]: normalize_depth(p["depth"]) for p in props.get("privileges") or []}
 
-    @staticmethod
-    def _role(client: Any, role_id: str) -> dict[str, Any]:
-        return client.get(f"roles({role_id})", {"$select": "roleid,name,_businessunitid_value,_parentrootroleid_value"})
+    def _lookup(
+        self, client: Any, inputs: dict[str, Any], names: dict[str, Any], subject: str
+    ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, str]]:
+        """(root role, catalogue rows of `names`, current depths by lower-case name).
 
-    def _root_role(self, client: Any, inputs: dict[str, Any], subject: str) -> dict[str, Any]:
-        """The role's copy in the root business unit (privileges are edited there)."""
-        from dynamics_provider.client import odata_guid, odata_string
+        By id: one `$batch` (role, catalogue, the role's privileges). By name: one `$batch` (root
+        business unit, the role's copies, catalogue), then the root copy's privileges.
+        Raises NotFound for a role id that does not exist.
+        """
+        from dynamics_provider.client import odata_guid, odata_path, odata_string
 
+        columns = "roleid,name,_businessunitid_value,_parentrootroleid_value"
+        catalogue_path = odata_path("privileges", {
+            "$select": "privilegeid,name,canbebasic,canbelocal,canbedeep,canbeglobal",
+            "$filter": " or ".join(f"name eq {odata_string(n)}" for n in names)})
         if inputs.get("role_id"):
-            try:
-                role = self._role(client, inputs["role_id"])
-            except NotFound:
-                raise self.refuse("create", subject, "no role has this id", "pass an existing role's id") from None
+            role_id = odata_guid(inputs["role_id"])
+            role, catalogue, privileges = client.batch_get([
+                odata_path(f"roles({role_id})", {"$select": columns}), catalogue_path,
+                f"RetrieveRolePrivilegesRole(RoleId={role_id})"])
+            role, catalogue, privileges = raise_errors([role, catalogue, privileges])
             root = role.get("_parentrootroleid_value")
-            return role if not root or same(root, role["roleid"]) else self._role(client, root)
-        root_bu = client.query("businessunits", select=["businessunitid"], filter="_parentbusinessunitid_value eq null")
-        rows = client.query(
-            "roles",
-            select=["roleid", "name", "_businessunitid_value", "_parentrootroleid_value"],
-            filter=f"name eq {odata_string(inputs['role_name'])} and "
-            f"_businessunitid_value eq {odata_guid(root_bu[0]['businessunitid'])}",
-        )
-        if not rows:
-            raise self.refuse(
-                "create", subject, f"no role named {inputs['role_name']!r} exists in the root business unit",
-                "import the solution that brings the role (SolutionImport) first, or fix the name",
-            )
-        return rows[0]
+            if root and not same(root, role["roleid"]):
+                role = client.get(f"roles({odata_guid(root)})", {"$select": columns})
+                privileges = None
+        else:
+            unit, copies, catalogue = raise_errors(client.batch_get([
+                odata_path("businessunits", {"$select": "businessunitid",
+                                             "$filter": "_parentbusinessunitid_value eq null"}),
+                odata_path("roles", {"$select": columns, "$filter": f"name eq {odata_string(inputs['role_name'])}"}),
+                catalogue_path]))
+            root_bu = (unit.get("value") or [{}])[0].get("businessunitid")
+            role = next((r for r in copies.get("value") or [] if same(r.get("_businessunitid_value"), root_bu)), None)
+            if role is None:
+                raise self.refuse(
+                    "create", subject, f"no role named {inputs['role_name']!r} exists in the root business unit",
+                    "import the solution that brings the role (SolutionImport) first, or fix the name",
+                )
+            privileges = None
+        current = self._depths(privileges) if privileges is not None else self._current(client, role["roleid"])
+        return role, self._check_catalogue(catalogue.get("value") or [], names, subject), current
 
-    def _catalogue(self, client: Any, names: dict[str, Any], subject: str) -> dict[str, dict[str, Any]]:
+    def _check_catalogue(
+        self, rows: list[dict[str, Any]], names: dict[str, Any], subject: str
+    ) -> dict[str, dict[str, Any]]:
         """Privilege rows by name; refuses unknown privileges and depths they do not allow."""
-        from dynamics_provider.client import odata_string
-
-        if not names:
-            return {}
-        rows = client.query(
-            "privileges",
-            select=["privilegeid", "name", "canbebasic", "canbelocal", "canbedeep", "canbeglobal"],
-            filter=" or ".join(f"name eq {odata_string(n)}" for n in names),
-        )
         by_name = {r["name"].lower(): r for r in rows}
         problems = []
         for name, depth in names.items():
@@ -240,15 +247,24 @@ class RolePrivilegesProvider(DataverseResourceProvider):
         return {name: by_name[name.lower()] for name in names}
 
     @staticmethod
-    def _current(client: Any, role_id: str) -> dict[str, str]:
-        result = client.function("RetrieveRolePrivilegesRole", RoleId=role_id) or {}
+    def _depths(result: dict[str, Any]) -> dict[str, str]:
+        """Depth by lower-case privilege name from a RetrieveRolePrivilegesRole answer."""
         return {
-            p["PrivilegeName"]: normalize_depth(p.get("Depth")) or "Basic" for p in result.get("RolePrivileges", [])
+            p["PrivilegeName"].lower(): normalize_depth(p.get("Depth")) or "Basic"
+            for p in (result or {}).get("RolePrivileges", [])
         }
 
-    def _read_depths(self, client: Any, role_id: str, desired: dict[str, str]) -> dict[str, str | None]:
-        current = {k.lower(): v for k, v in self._current(client, role_id).items()}
-        return {name: current.get(name.lower()) for name in desired}
+    def _current(self, client: Any, role_id: str) -> dict[str, str]:
+        return self._depths(client.function("RetrieveRolePrivilegesRole", RoleId=role_id))
+
+    @staticmethod
+    def _read_back(
+        desired: dict[str, str], current: dict[str, str], applied: dict[str, str | None]
+    ) -> dict[str, str | None]:
+        """Depths of the managed names after the writes: what was read, with what was applied on top
+        (the privilege actions answer 204 only once they took effect, so no second read)."""
+        after = {**current, **{name.lower(): depth for name, depth in applied.items()}}
+        return {name: after.get(name.lower()) for name in desired}
 
     @staticmethod
     def _apply(
@@ -257,18 +273,19 @@ class RolePrivilegesProvider(DataverseResourceProvider):
         target: dict[str, str | None],
         current: dict[str, str],
         catalogue: dict[str, dict[str, Any]],
-    ) -> None:
-        """Bring each listed privilege to exactly its target depth (None = absent), nothing else.
+    ) -> dict[str, str | None]:
+        """Bring each listed privilege to exactly its target depth (None = absent), nothing else;
+        returns what it changed ({name: depth}, empty when nothing was written).
 
         AddPrivilegesRole only adds or raises; lowering needs RemovePrivilegeRole first.
         """
         role_id, bu = role["roleid"], role.get("_businessunitid_value")
-        current = {k.lower(): v for k, v in current.items()}
-        to_add = []
+        to_add, changed = [], {}
         for name, depth in target.items():
             have = current.get(name.lower())
             if have == depth:
                 continue
+            changed[name] = depth
             privilege_id = catalogue[name]["privilegeid"]
             if have is not None and (depth is None or rank(depth) < rank(have)):
                 try:
@@ -279,10 +296,15 @@ class RolePrivilegesProvider(DataverseResourceProvider):
                 to_add.append({"PrivilegeId": privilege_id, "Depth": depth, "BusinessUnitId": bu})
         if to_add:
             client.action("AddPrivilegesRole", {"Privileges": to_add}, bound=("roles", role_id))
+        return changed
 
     @staticmethod
     def _outs(
-        inputs: dict[str, Any], root_role_id: str, depths: dict[str, str | None], previous: dict[str, str | None]
+        inputs: dict[str, Any],
+        root_role_id: str,
+        depths: dict[str, str | None],
+        previous: dict[str, str | None],
+        revision: str | None,
     ) -> dict[str, Any]:
         return {
             "instance_url": inputs.get("instance_url"),
@@ -292,6 +314,7 @@ class RolePrivilegesProvider(DataverseResourceProvider):
             "root_role_id": root_role_id,
             "depths": depths,
             "previous_depths": previous,
+            "revision": revision,
         }
 
 
@@ -305,6 +328,7 @@ class RolePrivileges(Resource, module="dynamics", name="RolePrivileges"):
     root_role_id: pulumi.Output[str]
     depths: pulumi.Output[dict]
     previous_depths: pulumi.Output[dict]
+    revision: pulumi.Output[str]
 
     def __init__(
         self,
@@ -324,5 +348,6 @@ class RolePrivileges(Resource, module="dynamics", name="RolePrivileges"):
             "root_role_id": None,
             "depths": None,
             "previous_depths": None,
+            "revision": None,
         }
         super().__init__(RolePrivilegesProvider(), resource_name, props, opts)

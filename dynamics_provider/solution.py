@@ -32,6 +32,8 @@ from dynamics_provider.base import (
     need_bool,
     need_https_url,
     need_positive_int,
+    new_revision,
+    next_revision,
     wait_until,
 )
 from dynamics_provider.errors import AmbiguousWriteError, LeadDestinationError, NotFound
@@ -184,8 +186,9 @@ class SolutionImportProvider(DataverseResourceProvider):
             client = self.client(inputs["instance_url"])
             installed = self._installed(client, manifest.unique_name)
             adopted = installed is not None
-            installed = self._converge(client, inputs, data, manifest, installed)
-        return CreateResult(installed["solutionid"], self._outs(inputs, manifest, installed, digest, adopted))
+            installed, _ = self._converge(client, inputs, data, manifest, installed)
+        return CreateResult(installed["solutionid"],
+                            self._outs(inputs, manifest, installed, digest, adopted, new_revision()))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         state = clean(props)
@@ -203,8 +206,10 @@ class SolutionImportProvider(DataverseResourceProvider):
             data, digest = self._load(inputs)
             manifest = self._manifest(inputs, data)
             client = self.client(inputs["instance_url"])
-            installed = self._converge(client, inputs, data, manifest, self._installed(client, manifest.unique_name))
-        return UpdateResult(self._outs(inputs, manifest, installed, digest, bool(state.get("adopted"))))
+            installed, imported = self._converge(
+                client, inputs, data, manifest, self._installed(client, manifest.unique_name))
+        return UpdateResult(self._outs(inputs, manifest, installed, digest, bool(state.get("adopted")),
+                                       next_revision(state, imported)))
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         state = clean(props)
@@ -289,14 +294,15 @@ class SolutionImportProvider(DataverseResourceProvider):
 
     def _converge(
         self, client: Any, inputs: dict[str, Any], data: bytes, manifest: Manifest, installed: dict | None
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], bool]:
+        """Import or upgrade as needed; (the installed solution, whether it imported)."""
         timeout = int(inputs.get("import_timeout_seconds") or DEFAULT_TIMEOUT)
         if installed is None:
             action = "ImportSolutionAsync"
         else:
             have, want = version_key(installed["version"]), version_key(manifest.version)
             if have == want:
-                return installed  # same version: adopt without importing
+                return installed, False  # same version: adopt without importing
             if have > want:
                 raise self.refuse(
                     "import", manifest.unique_name,
@@ -306,13 +312,16 @@ class SolutionImportProvider(DataverseResourceProvider):
                 )
             action = "StageAndUpgradeAsync"
         self._import(client, action, data, manifest, timeout)
-        result = self._installed(client, manifest.unique_name)
+        if installed is not None:
+            # an upgrade keeps the solution's id and the finished job proved the version: no read needed
+            return {**installed, "version": manifest.version, "ismanaged": manifest.managed}, True
+        result = self._installed(client, manifest.unique_name)  # the new solution's id
         if result is None or version_key(result["version"]) != version_key(manifest.version):
             raise self.refuse(
                 "import", manifest.unique_name, "the import job finished but the solution is not installed at "
                 f"version {manifest.version}", "check Settings → Solutions → Solution History",
             )
-        return result
+        return result, True
 
     def _import(self, client: Any, action: str, data: bytes, manifest: Manifest, timeout: int) -> None:
         ensure_stderr_logging()
@@ -328,9 +337,9 @@ class SolutionImportProvider(DataverseResourceProvider):
         try:
             answer = client.action(action, body) or {}
             operation_id = answer.get("AsyncOperationId")
-        except AmbiguousWriteError:
-            # The request may have started an import: its import job (our id) tells.
-            if self._job(client, job_id) is None:
+        except AmbiguousWriteError as exc:
+            # The request may have started an import: its import job (our id) tells, once it exists.
+            if client.settle(lambda: self._job(client, job_id), exc) is None:
                 log.info("SolutionImport: no import job %s after an unanswered request; sending again", job_id)
                 return self._import(client, action, data, manifest, timeout)
             operation_id = None
@@ -390,7 +399,7 @@ class SolutionImportProvider(DataverseResourceProvider):
 
     @staticmethod
     def _outs(inputs: dict[str, Any], manifest: Manifest, installed: dict[str, Any], digest: str,
-              adopted: bool) -> dict[str, Any]:
+              adopted: bool, revision: str | None) -> dict[str, Any]:
         return {
             "instance_url": inputs.get("instance_url"),
             "source_path": inputs.get("source_path"),
@@ -403,6 +412,7 @@ class SolutionImportProvider(DataverseResourceProvider):
             "managed": bool(installed.get("ismanaged")),
             "sha256": digest,
             "adopted": adopted,
+            "revision": revision,
         }
 
 
@@ -420,6 +430,7 @@ class SolutionImport(Resource, module="dynamics", name="SolutionImport"):
     managed: pulumi.Output[bool]
     sha256: pulumi.Output[str]
     adopted: pulumi.Output[bool]
+    revision: pulumi.Output[str]
 
     def __init__(
         self,
@@ -445,5 +456,6 @@ class SolutionImport(Resource, module="dynamics", name="SolutionImport"):
             "solution_id": None,
             "managed": None,
             "adopted": None,
+            "revision": None,
         }
         super().__init__(SolutionImportProvider(), resource_name, props, opts)

@@ -21,6 +21,8 @@ from dynamics_provider.base import (
     need_https_url,
     need_positive_int,
     need_text,
+    new_revision,
+    next_revision,
     wait_until,
 )
 from dynamics_provider.errors import NotFound
@@ -71,8 +73,8 @@ class SyncedUserProvider(DataverseResourceProvider):
                 what=f"licence sync to create the systemuser of {upn} (is a Dynamics 365 licence assigned?)",
                 first_delay=1.0, max_delay=15.0, on_wait=waiting,
             )
-            user = self._enable(client, user)
-        return CreateResult(user["systemuserid"], self._outs(inputs, user))
+            user, _ = self._enable(client, user)
+        return CreateResult(user["systemuserid"], self._outs(inputs, user, new_revision()))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         state = clean(props)
@@ -80,18 +82,18 @@ class SyncedUserProvider(DataverseResourceProvider):
             user = self._get(self.client(state["instance_url"]), id_)
         if user is None:
             return ReadResult("", {})
-        return ReadResult(id_, self._outs(state, user))
+        return ReadResult(id_, self._outs(state, user, state.get("revision")))
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        inputs = clean(news)
+        inputs, state = clean(news), clean(olds)
         with self.operation("update", f"systemuser {id_}"):
             client = self.client(inputs["instance_url"])
             user = self._get(client, id_)
             if user is None:
                 raise self.refuse("update", f"systemuser {id_}", "the user no longer exists",
                                   "run `pulumi refresh`, then `pulumi up` waits for licence sync again")
-            user = self._enable(client, user)
-        return UpdateResult(self._outs(inputs, user))
+            user, enabled = self._enable(client, user)
+        return UpdateResult(self._outs(inputs, user, next_revision(state, enabled)))
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         """Released: licence sync owns the systemuser; removing the licence is the Entra side's job."""
@@ -118,20 +120,22 @@ class SyncedUserProvider(DataverseResourceProvider):
         except NotFound:
             return None
 
-    def _enable(self, client: Any, user: dict[str, Any]) -> dict[str, Any]:
-        if user.get("isdisabled"):
-            client.update("systemusers", user["systemuserid"], {"isdisabled": False})
-            user = {**user, "isdisabled": False}
-        return user
+    def _enable(self, client: Any, user: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """(the user, enabled; whether it had to re-enable it)."""
+        if not user.get("isdisabled"):
+            return user, False
+        client.update("systemusers", user["systemuserid"], {"isdisabled": False})
+        return {**user, "isdisabled": False}, True
 
     @staticmethod
-    def _outs(inputs: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
+    def _outs(inputs: dict[str, Any], user: dict[str, Any], revision: str | None) -> dict[str, Any]:
         outs = {k: inputs.get(k) for k in INPUTS}
         outs["wait_timeout_seconds"] = int(outs.get("wait_timeout_seconds") or DEFAULT_WAIT)
         outs.update(
             systemuser_id=user["systemuserid"],
             business_unit_id=user.get("_businessunitid_value"),
             disabled=bool(user.get("isdisabled")),
+            revision=revision,
         )
         return outs
 
@@ -146,6 +150,7 @@ class SyncedUser(Resource, module="dynamics", name="SyncedUser"):
     systemuser_id: pulumi.Output[str]
     business_unit_id: pulumi.Output[str]
     disabled: pulumi.Output[bool]
+    revision: pulumi.Output[str]
 
     def __init__(
         self,
@@ -165,5 +170,6 @@ class SyncedUser(Resource, module="dynamics", name="SyncedUser"):
             "systemuser_id": None,
             "business_unit_id": None,
             "disabled": None,
+            "revision": None,
         }
         super().__init__(SyncedUserProvider(), resource_name, props, opts)

@@ -86,7 +86,7 @@ def test_disabled_by_hand_shows_on_read_and_diff_and_update_reenables(sandbox, o
     assert user["isdisabled"] is False
 
 
-def test_business_unit_by_name_and_a_change_of_unit_is_a_change_with_a_clear_refusal(sandbox, org):
+def test_business_unit_by_name_and_a_change_of_unit_moves_the_user_with_a_new_revision(sandbox, org):
     p = provider(sandbox, org)
     sales = sandbox.control.drift(org, "add_business_unit", name="Sales")["businessunitid"]
     news = p.check({}, inputs(org, new_app(sandbox), business_unit="Sales")).inputs
@@ -97,10 +97,14 @@ def test_business_unit_by_name_and_a_change_of_unit_is_a_change_with_a_clear_ref
     news_root = p.check({}, inputs(org, news["application_id"])).inputs
     diff = p.diff(created.id, created.outs, news_root)
     assert diff.changes is True and diff.replaces == []
-    # Dataverse moves users only via SetBusinessSystemUser; this sandbox does not offer it → clear error
-    with pytest.raises(ResourceOperationError) as err:
-        p.update(created.id, created.outs, news_root)
-    assert "Change Business Unit" in str(err.value) and created.id in str(err.value)
+    # Dataverse moves users with SetBusinessSystemUser: the update repairs it in place
+    updated = p.update(created.id, created.outs, news_root).outs
+    root = next(b["businessunitid"] for b in sandbox.control.state(org)["businessunits"]
+                if not b.get("_parentbusinessunitid_value"))
+    user = next(u for u in sandbox.control.state(org)["systemusers"] if u["systemuserid"] == created.id)
+    assert user["_businessunitid_value"] == root and updated["business_unit_id"] == root
+    assert updated["systemuser_id"] == created.id and updated["revision"] != created.outs["revision"]
+    assert p.diff(created.id, updated, news_root).changes is False
 
 
 def test_changing_email_or_application_id_replaces(sandbox, org):
