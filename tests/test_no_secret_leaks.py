@@ -356,3 +356,53 @@ def test_the_search_finds_a_planted_credential_and_a_real_sandbox_token(sandbox:
     capture.add("token", f"Authorization: Bearer {token['access_token']}")
     capture.add("password", {"nested": [creds.password]})
     assert capture.leaks(creds) == ["a JWT in token", "password in password"]
+
+
+def test_certificate_password_and_federated_assertion_of_the_deployer_stay_out_of_failures_over_grpc(
+    sandbox: Any, org: str, creds: Credentials, tmp_path: Path
+) -> None:
+    from test_auth import _certificate
+
+    capture = Capture()
+    cert_password = f"LeakCertPw~{creds.tag}"
+    wrong_cert_password = f"LeakWrongCertPw~{creds.tag}"
+    path, cert_pem = _certificate(tmp_path, cert_password)
+    cert_app = sandbox.control.register_app(display_name=f"cert deployer {creds.tag}", certificate_pem=cert_pem)
+    assertion = sandbox.control.federated_token(subject=f"repo:contoso/leads:ref:refs/heads/{creds.tag}")
+    token_file = tmp_path / "federated-token"
+    token_file.write_text(assertion)  # no app trusts this subject: the exchange is refused
+    zip_path = tmp_path / "solution_managed.zip"
+    zip_path.write_bytes(build_solution_zip(version="1.0.0.0"))
+    base = {k: v for k, v in stack_config(sandbox.info, instance_url=org).items() if not k.endswith("ClientSecret")}
+    cases = {
+        "wrong certificate password": {"lead-destination:deployerClientId": cert_app["client_id"],
+                                       "lead-destination:deployerCertificatePath": str(path),
+                                       "lead-destination:deployerCertificatePassword": Secret(wrong_cert_password)},
+        "certificate app not in the organization": {
+            "lead-destination:deployerClientId": cert_app["client_id"],
+            "lead-destination:deployerCertificatePath": str(path),
+            "lead-destination:deployerCertificatePassword": Secret(cert_password)},
+        "untrusted federated subject": {"lead-destination:deployerClientId": creds.outsider_id,
+                                        "lead-destination:deployerFederatedTokenFile": str(token_file)},
+    }  # fmt: skip
+    for where, extra in cases.items():
+        with ProviderHost(REPO, project="lead-destination", stack="leaks") as host:
+            host.configure({**base, **extra})
+            urn = urn_for("leaks", "lead-destination", "sol", "pulumi-python:dynamic/dynamics:SolutionImport")
+            inputs, failures = host.check(urn, {}, {"__provider": provider_ref(SolutionImportProvider()),
+                                                    "instance_url": org, "source_path": str(zip_path)})
+            assert failures == []
+            try:
+                host.create(urn, inputs)
+            except ProviderError as exc:
+                capture.exception(where, exc)
+            else:
+                pytest.fail(f"{where}: expected a failure")
+            capture.add(f"{where}: provider host stderr", host.stderr_text())
+    said = "\n".join(text for where, text in capture.texts if where.endswith(": str"))
+    assert "certificate password" in said  # the failure names the cause
+    leaks = capture.leaks(creds)
+    leaks += [f"certificate password in {w}" for w, t in capture.texts if cert_password in t]
+    leaks += [f"wrong certificate password in {w}" for w, t in capture.texts if wrong_cert_password in t]
+    assert leaks == []
+    assert JWT.search(assertion), "the federated assertion is a JWT, so the search above would find it"
