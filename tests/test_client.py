@@ -15,6 +15,7 @@ from dynamics_provider.client import (
     ApiClient,
     DataverseClient,
     RetryPolicy,
+    UnansweredWrite,
     odata_guid,
     odata_string,
     parse_retry_after,
@@ -323,6 +324,49 @@ def test_ambiguous_create_is_not_replayed(sandbox, org, deployer):
     with pytest.raises(AmbiguousWriteError):
         client.create("leads", lead())
     assert len(requests_to(sandbox, org, "POST", "/leads", since=mark)) == 1
+
+
+def test_create_record_returns_the_row_in_the_same_answer(sandbox, org, deployer):
+    client = client_for(org, deployer)
+    client.who_am_i()
+    mark = log_mark(sandbox)
+    body = lead(leadid=str(uuid.uuid4()))
+    row = client.create_record("leads", body, ["leadid", "subject"])
+    assert row["leadid"] == body["leadid"] and row["subject"] == body["subject"]
+    assert [e["method"] for e in sandbox.control.log(since=mark) if e["kind"] == "dataverse"] == ["POST"]
+
+
+def test_a_write_without_an_answer_in_the_read_timeout_is_unanswered_and_settled_once_it_lands(
+        sandbox, org, deployer):
+    from dataclasses import replace
+
+    from dynamics_provider.client import DataverseClient
+
+    slow = replace(deployer, request_timeout_seconds=1.0)
+    client = DataverseClient.for_instance(org, slow)
+    assert client.retry.timeout == 1.0  # the setting reaches the pipeline
+    client.who_am_i()
+    mark = log_mark(sandbox)
+    sandbox.control.add_fault(method="POST", path="/leads$", latency_ms=2000, org=org_name(org))
+    body = lead(leadid=str(uuid.uuid4()))
+    started = time.monotonic()
+    with pytest.raises(UnansweredWrite) as caught:
+        client.create("leads", body)
+    assert 0.9 < time.monotonic() - started < 1.9 and isinstance(caught.value, AmbiguousWriteError)
+    assert len(requests_to(sandbox, org, "POST", "/leads", since=mark)) <= 1  # not replayed
+
+    def lookup():
+        return [r for r in sandbox.control.state(org)["leads"] if r["leadid"] == body["leadid"]]
+
+    assert lookup() == []  # not there yet: the server is still working on it
+    assert client.settle(lookup, caught.value), "found once the slow write landed"
+    # an answered ambiguity (reset) is looked up once, without waiting
+    sandbox.control.add_fault(method="POST", path="/leads$", reset=True, org=org_name(org))
+    with pytest.raises(AmbiguousWriteError) as reset:
+        client.create("leads", lead())
+    assert not isinstance(reset.value, UnansweredWrite)
+    started = time.monotonic()
+    assert client.settle(lambda: [], reset.value) == [] and time.monotonic() - started < 0.5
 
 
 def test_create_refused_with_retry_after_is_surely_unprocessed_and_is_retried_once(sandbox, org, deployer):
