@@ -1,7 +1,8 @@
 """DynamicsLeadWriter: the Dynamics side of the procedure, in dependency order.
 
-SolutionImport -> ApplicationUser (or the synced Office 365 user) -> SecurityRoleAssignment
--> RolePrivileges (the YAML spec) -> LeadWriteCheck (when validation is on).
+SolutionImport ∥ ApplicationUser (or the synced Office 365 user) -> SecurityRoleAssignment, and
+SolutionImport -> RolePrivileges (the YAML spec); both -> LeadWriteCheck (when validation is on),
+which runs again whenever a link of the chain wrote something (the links' `revision` outputs).
 """
 
 from __future__ import annotations
@@ -26,6 +27,24 @@ class LeadWriterIdentity:
     password: pulumi.Input[str] | None = None
     triggers: dict[str, Any] | None = None  # rotation markers: a new credential re-runs the check
     depends_on: list[pulumi.Resource] | None = None  # what must exist before the Dynamics user
+
+
+def chain_triggers(triggers: dict[str, Any] | None, links: dict[str, pulumi.Resource | None]) -> dict[str, Any]:
+    """The check's triggers: the identity's rotation markers plus the `revision` of every link that has one.
+
+    A link's revision changes only when its create/update wrote to Dataverse (a repaired drift, an
+    upgrade), so the next `up` writes a fresh validation lead exactly then. Links without a `revision`
+    output are left out.
+    """
+    result = dict(triggers or {})
+    revisions = {}
+    for key, link in links.items():
+        revision = getattr(link, "revision", None) if link is not None else None
+        if isinstance(revision, pulumi.Output):
+            revisions[key] = revision
+    if revisions:
+        result["revisions"] = revisions
+    return result
 
 
 class DynamicsLeadWriter(pulumi.ComponentResource):
@@ -69,7 +88,8 @@ class DynamicsLeadWriter(pulumi.ComponentResource):
                 first_name=settings.application_user.first_name,
                 last_name=settings.application_user.last_name,
                 email=settings.application_user.email,
-                opts=after(self.solution, extra=identity.depends_on),
+                # A user needs no solution: it is created alongside the import, as the engine would.
+                opts=after(extra=identity.depends_on),
             )
             self.user_id = self.application_user.systemuser_id
         else:
@@ -99,11 +119,14 @@ class DynamicsLeadWriter(pulumi.ComponentResource):
                                "client_secret": pulumi.Output.secret(identity.client_secret)}  # fmt: skip
             else:
                 credentials = {"username": identity.username, "password": pulumi.Output.secret(identity.password)}
+            links = {"solution": self.solution, "user": self.application_user, "role": self.role_assignment,
+                     "privileges": self.role_privileges}
+            links.update({f"identity{i}": r for i, r in enumerate(identity.depends_on or [])})  # the synced user
             self.lead_check = dp.LeadWriteCheck(
                 f"{name}-check",
                 instance_url=url,
                 keep_lead=False,
-                triggers=identity.triggers or {},
+                triggers=chain_triggers(identity.triggers, links),
                 opts=after(self.role_assignment, self.role_privileges, self.application_user),
                 **credentials,
             )

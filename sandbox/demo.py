@@ -85,8 +85,20 @@ def story(reh: Rehearsal, control: Any, instance_url: str) -> int:
     preview = step("4. pulumi preview --refresh: shows exactly that drift", "preview", refresh=True)
     print(f"--> drift found: {sorted(s.name for s in preview.ops('refresh-update') + preview.ops('refresh-delete'))}")
     print(f"--> planned: {sorted((s.op, s.name) for s in preview.changes() if not s.op.startswith('refresh'))}")
+    log_mark = max((e["seq"] for e in control.log()), default=0)
     repair = step("5. pulumi up --refresh: repairs it, the validation lead proves the chain", "up", refresh=True)
     print(f"--> repaired: {sorted((s.op, s.name) for s in repair.changes() if not s.op.startswith('refresh'))}")
+    rechecked = [s for s in repair.steps if s.name.endswith("-check") and s.op in ("create", "replace")]
+    if not rechecked or repair.outputs.get("validatedAt") == first.outputs.get("validatedAt"):
+        print("demo: the repair did not re-run the validation lead", file=sys.stderr)
+        return 1
+    leads_since = [e for e in control.log(since=log_mark) if e.get("org") == org and "/leads" in e.get("path", "")]
+    wrote = any(e["method"] == "POST" and e["status"] in (201, 204) for e in leads_since)
+    deleted = any(e["method"] == "DELETE" and e["status"] == 204 for e in leads_since)
+    if not (wrote and deleted) or control.state(org).get("leads"):
+        print("demo: no validation lead was written and deleted by the repair", file=sys.stderr)
+        return 1
+    print(f"--> validation lead written and deleted: chain proven (validatedAt {repair.outputs.get('validatedAt')})")
     clean = step("6. pulumi preview --refresh: nothing left to do", "preview", refresh=True)
     if clean.changes():
         print("demo: the stack did not converge", file=sys.stderr)

@@ -65,6 +65,7 @@ class Step:
     changed: list[str] = field(default_factory=list)
     duration: float = 0.0
     error: str = ""
+    details: list[str] = field(default_factory=list)  # "key: old => new" per changed property, secrets masked
 
     def line(self) -> str:
         symbol = {
@@ -83,6 +84,8 @@ class Step:
             text += "  (gone)"
         if self.duration >= 0.05:
             text += f"  ({self.duration:.1f}s)"
+        for detail in self.details:
+            text += f"\n        ~ {detail}"
         if self.error:
             text += f"\n        error: {self.error}"
         return text
@@ -318,6 +321,7 @@ class _Engine:
         self.errors: list[str] = []
         self.declared: set[str] = set()
         self.foreign: list[str] = []
+        self.drift: dict[str, tuple[list[str], dict[str, Any], dict[str, Any]]] = {}
         self.lock = threading.Lock()
         self.idle = threading.Condition(self.lock)
         self.in_flight = 0
@@ -420,6 +424,13 @@ class _Engine:
                 self.state.put({**record, "id": old["id"]}, checked, olds_out)
             return old["id"], olds_out
         step.changed = diff.diffs or _changed_keys(olds_out, olds_in, checked)
+        step.details = describe_changes(sorted(set(diff.replaces) | set(step.changed)), {**olds_in, **olds_out},
+                                        checked, declared=True)
+        if urn in self.drift and not step.details:
+            # The inputs did not change; the update puts back what a refresh found changed remotely.
+            keys, before, after = self.drift[urn]
+            step.changed = step.changed or keys
+            step.details = [f"{line} (restores)" for line in describe_changes(keys, after, before, declared=False)]
         if diff.replaces:
             step.op, step.changed = "replace", sorted(set(diff.replaces) | set(step.changed))
             if self.preview:
@@ -437,7 +448,9 @@ class _Engine:
             return id_, outs
         step.op = "update"
         if self.preview:
-            return old["id"], {**olds_out, **checked}
+            # As the engine previews a provider without preview support: outputs = the new inputs, so every
+            # other output (ids, revisions) is unknown to the program until the update has run.
+            return old["id"], {k: v for k, v in checked.items() if k != PROVIDER_KEY}
         outs = self.host.update(urn, old["id"], olds_out, checked)
         self.state.put({**record, "id": old["id"]}, checked, outs)
         return old["id"], outs
@@ -520,11 +533,54 @@ class _Engine:
                 )
                 if changed:
                     step.op, step.changed = "refresh-update", changed
+                    step.details = describe_changes(changed, olds_out, outs, declared=False)
+                    self.drift[urn] = (changed, olds_out, outs)
                 self.state.resources[urn] = rec
                 self.state.put(rec, new_inputs if new_inputs else olds_in, outs)
             self.add_step(step)
         if persist:
             self.state.save()
+
+
+def _show(value: Any) -> str:
+    from pulumi.output import Unknown
+
+    if isinstance(value, Secret):
+        return "[secret]"
+    if isinstance(value, Unknown) or value == UNKNOWN:
+        return "[unknown]"
+    text = json.dumps(_strip_unknowns(mask(value)), sort_keys=True, default=str)
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _diff_lines(path: str, old: Any, new: Any, out: list[str]) -> None:
+    if isinstance(old, Secret) or isinstance(new, Secret):
+        if _plain(old) != _plain(new):
+            out.append(f"{path}: [secret] => [secret]")
+        return
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            if _plain(old.get(key)) != _plain(new.get(key)):
+                _diff_lines(f"{path}.{key}", old.get(key, None), new.get(key, None), out)
+        return
+    out.append(f"{path}: {_show(old)} => {_show(new)}")
+
+
+def describe_changes(keys: list[str], olds: dict[str, Any], news: dict[str, Any], declared: bool) -> list[str]:
+    """One `key: old => new` line per changed property (nested objects down to the changed leaves).
+
+    For an update (`declared`), a changed property that is an output only (a drifted `disabled`, a
+    `depths` map) has no declared value to show: the line says the update restores what is declared.
+    """
+    lines: list[str] = []
+    for key in keys:
+        if key.startswith("__"):
+            continue
+        if declared and key not in news:
+            lines.append(f"{key}: {_show(olds.get(key))} => (restored to the declared state)")
+            continue
+        _diff_lines(key, olds.get(key), news.get(key), lines)
+    return lines
 
 
 def _changed_keys(olds_out: dict[str, Any], olds_in: dict[str, Any], news: dict[str, Any]) -> list[str]:
@@ -820,7 +876,9 @@ def _stop_quietly(host_future: Any) -> None:
 
 
 def _strip_unknowns(value: Any) -> Any:
-    if value == UNKNOWN:
+    from pulumi.output import Unknown
+
+    if isinstance(value, Unknown) or value == UNKNOWN:
         return "[unknown]"
     if isinstance(value, dict):
         return {k: _strip_unknowns(v) for k, v in value.items()}

@@ -93,7 +93,8 @@ class GraphMocks(pulumi.runtime.Mocks):
             outs.update(objectId="user-object")
         elif typ.startswith("pulumi-python:dynamic"):
             outs.update(systemuser_id="systemuser-1", business_unit_id="bu-1", version="1.0.0.0",
-                        role_id="role-1", validated_at="2025-01-01T00:00:00Z", lead_id="lead-1")  # fmt: skip
+                        role_id="role-1", validated_at="2025-01-01T00:00:00Z", lead_id="lead-1",
+                        revision=f"rev-{args.name}")  # fmt: skip
         return f"{args.name}-id", outs
 
     def call(self, args: pulumi.runtime.MockCallArgs):
@@ -326,7 +327,7 @@ def test_azuread_mode_graph_wires_the_new_app_into_dynamics_in_order(tmp_path):
         assert reg.inputs["instance_url"] == "https://contoso.crm4.dynamics.com"
     assert d["solution"].inputs["source_path"].endswith("solution_managed.zip")
     assert user.inputs["application_id"] == APP_CLIENT_ID and user.inputs["business_unit"] == "Sales"
-    assert user.depends_on == ["customer1-app-sp", "customer1-dynamics-solution"]
+    assert user.depends_on == ["customer1-app-sp"]  # created alongside the solution import
     assert d["role"].inputs["user_id"] == "systemuser-1"
     assert d["role"].inputs["role_name"] == "Microsoft Marketplace Lead Writer"
     assert d["role"].depends_on == ["customer1-dynamics-solution", "customer1-dynamics-user"]
@@ -336,10 +337,13 @@ def test_azuread_mode_graph_wires_the_new_app_into_dynamics_in_order(tmp_path):
     period = rotation_period(TODAY, 180)
     assert check.inputs["client_id"] == APP_CLIENT_ID and check.inputs["tenant_id"] == TENANT
     assert unwrap_secret(check.inputs["client_secret"]) == f"generated-secret-{period.key}"
-    assert check.inputs["triggers"] == {"secretKeyId": f"key-{period.key}", "rotation": period.key}
+    revisions = {part: f"rev-customer1-dynamics-{part}" for part in ("solution", "user", "role", "privileges")}
+    assert check.inputs["triggers"] == {"secretKeyId": f"key-{period.key}", "rotation": period.key,
+                                        "revisions": revisions}
     order = mocks.order
-    assert order.index("customer1-dynamics-solution") < order.index("customer1-dynamics-user") < order.index(
-        "customer1-dynamics-role") < order.index("customer1-dynamics-check")  # fmt: skip
+    assert order.index("customer1-dynamics-solution") < order.index("customer1-dynamics-role")
+    assert order.index("customer1-dynamics-user") < order.index("customer1-dynamics-role") < order.index(
+        "customer1-dynamics-check")  # fmt: skip
 
     pc, pc_secret = result.outputs["partnerCenter"]
     assert pc_secret is True
@@ -405,7 +409,9 @@ def test_office365_mode_graph_has_user_licence_and_synced_systemuser(tmp_path):
     assert role.inputs["user_id"] == "systemuser-1" and "customer1-o365-systemuser" in role.depends_on
     check = mocks.resources["customer1-dynamics-check"]
     assert check.inputs["username"] == "leads@contoso.onmicrosoft.com"
-    assert check.inputs["triggers"] == {"rotation": period.key}
+    revisions = {part: f"rev-customer1-dynamics-{part}" for part in ("solution", "role", "privileges")}
+    assert check.inputs["triggers"] == {"rotation": period.key,
+                                        "revisions": {**revisions, "identity0": "rev-customer1-o365-systemuser"}}
     pc, pc_secret = result.outputs["partnerCenter"]
     assert pc_secret is True
     assert pc == {"instanceUrl": "https://contoso.crm4.dynamics.com", "authentication": "office365",

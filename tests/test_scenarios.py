@@ -52,7 +52,9 @@ def test_upgrade_from_1_0_to_1_1_uses_the_upgrade_path_and_keeps_the_users_assig
     upgrade = stack(version="1.1.0.0")
     assert upgrade.ok, upgrade.text
     assert [s.name for s in upgrade.ops("update")] == ["dev-dynamics-solution"]
-    assert upgrade.ops("replace") == [] and upgrade.ops("delete") == []
+    assert [s.name for s in upgrade.ops("replace")] == ["dev-dynamics-check"], "the upgraded chain is re-validated"
+    assert upgrade.ops("delete") == []
+    assert upgrade.outputs["validatedAt"] != first.outputs["validatedAt"]
     state = dump(sandbox, stack)
     assert any(s.get("version") == "1.1.0.0" for s in state["solutions"])
     assert assigned(state, user_id)
@@ -87,10 +89,20 @@ def test_each_drift_edit_is_shown_by_preview_and_repaired_by_up(sandbox, stack, 
     assert preview.ok, preview.text
     drifted = {s.name for s in preview.steps if s.op in ("refresh-update", "refresh-delete")}
     assert drifted == {resource}, preview.text
-    planned = {s.name for s in preview.changes() if not s.op.startswith("refresh")}
-    assert planned == {resource}
+    planned = {s.name: s for s in preview.changes() if not s.op.startswith("refresh")}
+    assert {resource, "dev-dynamics-check"} <= set(planned)
+    for name, step in planned.items():  # as in Pulumi: an updated resource's outputs are unknown in preview
+        if name not in (resource, "dev-dynamics-check"):
+            assert step.details and all("[unknown]" in d for d in step.details), preview.text
+    if action != "remove_role":
+        assert any(d.endswith("(restores)") for d in planned[resource].details), preview.text
     repair = stack("up", refresh=True)
     assert repair.ok, repair.text
+    repaired = {s.name for s in repair.changes() if not s.op.startswith("refresh")}
+    assert repaired == {resource, "dev-dynamics-check"}, repair.text
+    assert [s.name for s in repair.ops("replace")] == ["dev-dynamics-check"], "a repaired chain is re-validated"
+    assert repair.outputs["validatedAt"] != first.outputs["validatedAt"]
+    assert dump(sandbox, stack)["leads"] == [], "the validation lead is deleted"
     state = dump(sandbox, stack)
     user = next(u for u in state["systemusers"] if u["systemuserid"] == user_id)
     assert not user["isdisabled"] and assigned(state, user_id)
