@@ -104,3 +104,36 @@ def test_import_timeout_is_reported_with_what_to_do(sandbox, org, tmp_path):
     # the sandbox's imports take import_seconds (1.5 s by default), longer than the 1 s allowed
     with pytest.raises(ResourceOperationError, match="timed out"):
         p.create(news)
+
+
+def test_source_url_is_downloaded_once_verified_and_cached(sandbox, org, tmp_path, monkeypatch):
+    import hashlib
+    import uuid
+
+    monkeypatch.setenv("LEAD_DESTINATION_CACHE_DIR", str(tmp_path / "cache"))
+    data = build_solution_zip(version="1.0.0.0")
+    name = f"sol-{uuid.uuid4().hex[:8]}.zip"
+    url = sandbox.control.host_file(name, data)
+    org_name = org.rstrip("/").rsplit("/", 1)[-1]
+    mark = max((e["seq"] for e in sandbox.control.log()), default=0)
+    p = provider(sandbox, org)
+
+    # a wrong pin: refused after the download, before any Dataverse request, and nothing is cached
+    wrong = p.check({}, {"instance_url": org, "source_url": url, "sha256": "0" * 64}).inputs
+    with pytest.raises(ResourceOperationError, match="sha256") as refused:
+        p.create(wrong)
+    assert "0" * 64 in str(refused.value) and hashlib.sha256(data).hexdigest() in str(refused.value)
+    sent = sandbox.control.log(since=mark)
+    assert [e for e in sent if e["kind"] == "dataverse" and e.get("org") == org_name] == []
+    assert len([e for e in sent if e["kind"] == "files" and e["path"].endswith(name)]) == 1
+    assert not list((tmp_path / "cache").rglob("*.zip"))
+
+    # the right pin: downloaded once, imported; the same pin again (adopt, diff) uses the cache
+    news = p.check({}, {"instance_url": org, "source_url": url, "sha256": hashlib.sha256(data).hexdigest()}).inputs
+    created = p.create(news)
+    assert created.outs["version"] == "1.0.0.0" and created.outs["sha256"] == hashlib.sha256(data).hexdigest()
+    again = p.create(news)
+    assert again.outs["adopted"] is True and p.diff(created.id, created.outs, news).changes is False
+    downloads = [e for e in sandbox.control.log(since=mark) if e["kind"] == "files" and e["path"].endswith(name)]
+    assert len(downloads) == 2  # the refused one, then exactly one for every later use
+    sandbox.control.remove_file(name)
