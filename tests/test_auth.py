@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -290,23 +291,13 @@ def test_one_token_request_for_many_callers_on_eight_threads(sandbox, org):
     client_id, secret = new_app(sandbox)
     provider = deployer_tokens(settings_for(sandbox, client_id=client_id, client_secret=secret))
     barrier = threading.Barrier(8)
-    seen: list[str] = []
-    errors: list[BaseException] = []
 
-    def work() -> None:
-        try:
-            barrier.wait()
-            for _ in range(10):
-                seen.append(provider.get_token(f"{org}/.default"))
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+    def work() -> list[str]:
+        barrier.wait()
+        return [provider.get_token(f"{org}/.default") for _ in range(10)]
 
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    with ThreadPoolExecutor(8) as pool:
+        seen = [token for future in [pool.submit(work) for _ in range(8)] for token in future.result()]
     assert len(seen) == 80
     assert len(set(seen)) == 1
     assert len(token_requests(sandbox, client_id)) == 1
