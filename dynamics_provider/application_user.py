@@ -15,7 +15,7 @@ from dynamics_provider.base import (
     GUID_RE,
     DataverseResourceProvider,
     clean,
-    failures_for,
+    get_or_none,
     need_email,
     need_guid,
     need_https_url,
@@ -48,7 +48,7 @@ class ApplicationUserProvider(DataverseResourceProvider):
     # -- check / diff --------------------------------------------------------------------------
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        inputs = {k: v for k, v in clean(news).items() if k in INPUTS and v is not None}
+        inputs = self.given(news, INPUTS)
         inputs.setdefault("first_name", DEFAULT_FIRST_NAME)  # Dataverse requires a last name; the
         inputs.setdefault("last_name", DEFAULT_LAST_NAME)  # UI's full name is "first last"
         checks = {
@@ -61,11 +61,7 @@ class ApplicationUserProvider(DataverseResourceProvider):
             if key in inputs:
                 checks[key] = need_text(inputs[key], key.replace("_", " "), 64)
         checks["email"] = need_email(inputs.get("email"))  # Dataverse requires it; it cannot change later
-        checks = {k: v for k, v in checks.items() if not self._unknown(inputs, k)}
-        return self.check_result(inputs, failures_for(checks))
-
-    def _unknown(self, props: dict[str, Any], key: str) -> bool:
-        return key in props and not self.known(props, key)
+        return self.checked(inputs, checks)
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         olds, news = clean(olds), clean(news)
@@ -187,11 +183,9 @@ class ApplicationUserProvider(DataverseResourceProvider):
         rows = client.query("systemusers", select=USER_FIELDS, filter=f"applicationid eq {odata_guid(application_id)}")
         return rows[0] if rows else None
 
-    def _get(self, client: Any, id_: str) -> dict[str, Any] | None:
-        try:
-            return client.get(f"systemusers({id_})", {"$select": ",".join(USER_FIELDS)})
-        except NotFound:
-            return None
+    @staticmethod
+    def _get(client: Any, id_: str) -> dict[str, Any] | None:
+        return get_or_none(client, f"systemusers({id_})", USER_FIELDS)
 
     def _create(self, client: Any, inputs: dict[str, Any], bu: str) -> tuple[dict[str, Any], bool]:
         """Create the user (its row comes back in the same answer); (user, adopted).

@@ -25,6 +25,7 @@ from dynamics_provider.errors import (
     AuthenticationError,
     DataverseError,
     LeadDestinationError,
+    NotFound,
 )
 
 UNKNOWN = rpc.UNKNOWN  # the wire sentinel of a value not known yet (preview)
@@ -115,6 +116,14 @@ def next_revision(state: Mapping[str, Any], wrote: bool) -> str:
     return new_revision() if wrote or not isinstance(stored, str) or not stored else stored
 
 
+def get_or_none(client: Any, path: str, select: Iterable[str] | None = None) -> dict[str, Any] | None:
+    """GET one record; None when Dataverse says it does not exist (404)."""
+    try:
+        return client.get(path, {"$select": ",".join(select)} if select else None)
+    except NotFound:
+        return None
+
+
 def raise_errors(results: Iterable[Any]) -> list[Any]:
     """The parts of a `$batch` answer, raising the first typed error among them."""
     results = list(results)
@@ -157,6 +166,15 @@ def need_email(value: Any) -> str | None:
     if not isinstance(value, str) or not EMAIL_RE.match(value):
         return f"expected an e-mail address such as leads@contoso.com, got {value!r}"
     return None
+
+
+def need_role(inputs: Mapping[str, Any]) -> dict[str, str | None]:
+    """Checks of a role given by name or by id (exactly one of them)."""
+    if "role_name" in inputs and "role_id" in inputs:
+        return {"role_id": "give either role_name or role_id, not both"}
+    if "role_id" in inputs:
+        return {"role_id": need_guid(inputs["role_id"], "the role id")}
+    return {"role_name": need_text(inputs.get("role_name"), "the security role's name (or role_id)", 100)}
 
 
 def need_bool(value: Any) -> str | None:
@@ -278,6 +296,17 @@ class DataverseResourceProvider(ResourceProvider):
             if inputs.get(key) is not None:
                 inputs[key] = secret(inputs[key])
         return CheckResult(wire(inputs), failures)
+
+    @staticmethod
+    def given(news: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+        """The inputs among `keys` that were given (clean values, None dropped)."""
+        keys = set(keys)
+        return {k: v for k, v in clean(news).items() if k in keys and v is not None}
+
+    def checked(self, inputs: dict[str, Any], checks: Mapping[str, str | None]) -> CheckResult:
+        """The check result: a failure per bad value that is known (unknowns are checked once known)."""
+        return self.check_result(
+            inputs, failures_for({k: v for k, v in checks.items() if not (k in inputs and not self.known(inputs, k))}))
 
     @staticmethod
     def known(props: Mapping[str, Any], key: str) -> bool:

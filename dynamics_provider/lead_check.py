@@ -19,7 +19,6 @@ from dynamics_provider.base import (
     DataverseResourceProvider,
     ResourceOperationError,
     clean,
-    failures_for,
     need_bool,
     need_guid,
     need_https_url,
@@ -58,7 +57,7 @@ class LeadWriteCheckProvider(DataverseResourceProvider):
     # -- check / diff --------------------------------------------------------------------------
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        inputs = {k: v for k, v in clean(news).items() if k in INPUTS and v is not None}
+        inputs = self.given(news, INPUTS)
         inputs.setdefault("keep_lead", False)
         checks: dict[str, str | None] = {
             "instance_url": need_https_url(inputs.get("instance_url")),
@@ -82,8 +81,7 @@ class LeadWriteCheckProvider(DataverseResourceProvider):
         for key in self.secret_keys:
             if checks.get(key):
                 checks[key] = f"expected {key.replace('_', ' ')} as a non-empty string"
-        checks = {k: v for k, v in checks.items() if not (k in inputs and not self.known(inputs, k))}
-        return self.check_result(inputs, failures_for(checks))
+        return self.checked(inputs, checks)
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         olds, news = clean(olds), clean(news)

@@ -14,10 +14,10 @@ from pulumi.dynamic import CheckResult, CreateResult, DiffResult, ReadResult, Re
 from dynamics_provider.base import (
     DataverseResourceProvider,
     clean,
-    failures_for,
+    get_or_none,
     need_guid,
     need_https_url,
-    need_text,
+    need_role,
     new_revision,
     next_revision,
     raise_errors,
@@ -36,19 +36,13 @@ class SecurityRoleAssignmentProvider(DataverseResourceProvider):
     # -- check / diff --------------------------------------------------------------------------
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        inputs = {k: v for k, v in clean(news).items() if k in INPUTS and v is not None}
+        inputs = self.given(news, INPUTS)
         checks = {
             "instance_url": need_https_url(inputs.get("instance_url")),
             "user_id": need_guid(inputs.get("user_id"), "the systemuser id"),
         }
-        if "role_name" in inputs and "role_id" in inputs:
-            checks["role_id"] = "give either role_name or role_id, not both"
-        elif "role_id" in inputs:
-            checks["role_id"] = need_guid(inputs["role_id"], "the role id")
-        else:
-            checks["role_name"] = need_text(inputs.get("role_name"), "the security role's name (or role_id)", 100)
-        checks = {k: v for k, v in checks.items() if not (k in inputs and not self.known(inputs, k))}
-        return self.check_result(inputs, failures_for(checks))
+        checks.update(need_role(inputs))
+        return self.checked(inputs, checks)
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         olds, news = clean(olds), clean(news)
@@ -122,10 +116,7 @@ class SecurityRoleAssignmentProvider(DataverseResourceProvider):
                           {"$select": "systemuserid,_businessunitid_value", "$expand": f"{NAV}($select=roleid)"})
 
     def _user(self, client: Any, user_id: str) -> dict[str, Any] | None:
-        try:
-            return client.get(self._user_path(user_id))
-        except NotFound:
-            return None
+        return get_or_none(client, self._user_path(user_id))
 
     @staticmethod
     def _assigned(user: dict[str, Any]) -> set[str]:

@@ -15,11 +15,9 @@ from pulumi.dynamic import CheckResult, CreateResult, DiffResult, ReadResult, Re
 from dynamics_provider.base import (
     DataverseResourceProvider,
     clean,
-    failures_for,
     is_unknown,
-    need_guid,
     need_https_url,
-    need_text,
+    need_role,
     new_revision,
     next_revision,
     raise_errors,
@@ -58,22 +56,16 @@ class RolePrivilegesProvider(DataverseResourceProvider):
     # -- check / diff --------------------------------------------------------------------------
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        inputs = {k: v for k, v in clean(news).items() if k in INPUTS and v is not None}
+        inputs = self.given(news, INPUTS)
         checks: dict[str, str | None] = {"instance_url": need_https_url(inputs.get("instance_url"))}
-        if "role_name" in inputs and "role_id" in inputs:
-            checks["role_id"] = "give either role_name or role_id, not both"
-        elif "role_id" in inputs:
-            checks["role_id"] = need_guid(inputs["role_id"], "the role id")
-        else:
-            checks["role_name"] = need_text(inputs.get("role_name"), "the security role's name (or role_id)", 100)
+        checks.update(need_role(inputs))
         privileges = inputs.get("privileges")
         if not is_unknown(privileges):
             normalized, reason = self._normalize(privileges)
             checks["privileges"] = reason
             if reason is None:
                 inputs["privileges"] = normalized
-        checks = {k: v for k, v in checks.items() if not (k in inputs and not self.known(inputs, k))}
-        return self.check_result(inputs, failures_for(checks))
+        return self.checked(inputs, checks)
 
     @staticmethod
     def _normalize(privileges: Any) -> tuple[list[dict[str, str]], str | None]:

@@ -26,7 +26,6 @@ from dynamics_provider.base import (
     ResourceOperationError,
     clean,
     ensure_stderr_logging,
-    failures_for,
     is_unknown,
     log,
     need_bool,
@@ -112,7 +111,7 @@ class SolutionImportProvider(DataverseResourceProvider):
     # -- check / diff --------------------------------------------------------------------------
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        inputs = {k: v for k, v in clean(news).items() if k in INPUTS and v is not None}
+        inputs = self.given(news, INPUTS)
         inputs.setdefault("allow_unmanaged", False)
         inputs.setdefault("import_timeout_seconds", DEFAULT_TIMEOUT)
         checks: dict[str, str | None] = {
@@ -129,8 +128,7 @@ class SolutionImportProvider(DataverseResourceProvider):
                 checks["sha256"] = "expected the zip's SHA-256 as 64 hex characters (pins the download)"
         elif self.known(inputs, "source_path") and not is_unknown(sha):
             checks["source_path"] = self._check_local(inputs)
-        checks = {k: v for k, v in checks.items() if not (k in inputs and not self.known(inputs, k))}
-        return self.check_result(inputs, failures_for(checks))
+        return self.checked(inputs, checks)
 
     def _check_local(self, inputs: dict[str, Any]) -> str | None:
         path = Path(inputs["source_path"])

@@ -15,7 +15,7 @@ from dynamics_provider.base import (
     DataverseResourceProvider,
     clean,
     ensure_stderr_logging,
-    failures_for,
+    get_or_none,
     log,
     need_guid,
     need_https_url,
@@ -25,7 +25,6 @@ from dynamics_provider.base import (
     next_revision,
     wait_until,
 )
-from dynamics_provider.errors import NotFound
 
 INPUTS = ("instance_url", "user_principal_name", "azure_object_id", "wait_timeout_seconds")
 USER_FIELDS = ["systemuserid", "isdisabled", "_businessunitid_value", "domainname", "azureactivedirectoryobjectid"]
@@ -37,7 +36,7 @@ class SyncedUserProvider(DataverseResourceProvider):
     replace_keys = ("instance_url", "user_principal_name", "azure_object_id")
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        inputs = {k: v for k, v in clean(news).items() if k in INPUTS and v is not None}
+        inputs = self.given(news, INPUTS)
         inputs.setdefault("wait_timeout_seconds", DEFAULT_WAIT)
         checks: dict[str, str | None] = {
             "instance_url": need_https_url(inputs.get("instance_url")),
@@ -46,8 +45,7 @@ class SyncedUserProvider(DataverseResourceProvider):
         }
         if "azure_object_id" in inputs:
             checks["azure_object_id"] = need_guid(inputs["azure_object_id"], "the Entra object id")
-        checks = {k: v for k, v in checks.items() if not (k in inputs and not self.known(inputs, k))}
-        return self.check_result(inputs, failures_for(checks))
+        return self.checked(inputs, checks)
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         olds, news = clean(olds), clean(news)
@@ -115,10 +113,7 @@ class SyncedUserProvider(DataverseResourceProvider):
 
     @staticmethod
     def _get(client: Any, id_: str) -> dict[str, Any] | None:
-        try:
-            return client.get(f"systemusers({id_})", {"$select": ",".join(USER_FIELDS)})
-        except NotFound:
-            return None
+        return get_or_none(client, f"systemusers({id_})", USER_FIELDS)
 
     def _enable(self, client: Any, user: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """(the user, enabled; whether it had to re-enable it)."""
