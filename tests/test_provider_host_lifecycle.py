@@ -63,7 +63,10 @@ def test_whole_chain_lifecycle_through_the_provider_host(sandbox, org, host, tmp
     assert rid == user_id and au_read["disabled"] is True
     diff = host.diff(u_au, user_id, au_read, au_in)
     assert diff.changes is True and diff.replaces == []
-    assert host.update(u_au, user_id, au_read, au_in)["disabled"] is False
+    assert au_read["revision"] == au_out["revision"]  # read reports drift, it does not write
+    repaired = host.update(u_au, user_id, au_read, au_in)
+    assert repaired["disabled"] is False and repaired["revision"] != au_out["revision"]
+    assert host.update(u_au, user_id, repaired, au_in)["revision"] == repaired["revision"]  # nothing to write
 
     # SecurityRoleAssignment + RolePrivileges
     ra_ref = provider_ref(SecurityRoleAssignmentProvider())
