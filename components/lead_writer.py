@@ -96,12 +96,16 @@ class DynamicsLeadWriter(pulumi.ComponentResource):
             self.user_id = pulumi.Output.from_input(identity.systemuser_id)
 
         user_deps = [self.application_user] if self.application_user else list(identity.depends_on or [])
+        role_opts = after(self.solution, extra=user_deps)
+        if self.application_user is not None:
+            # Dataverse drops a user's roles when it moves to another business unit: assign again after a move.
+            role_opts.replacement_trigger = self.application_user.business_unit_id
         self.role_assignment = dp.SecurityRoleAssignment(
             f"{name}-role",
             instance_url=url,
             user_id=self.user_id,
             role_name=settings.role_name,
-            opts=after(self.solution, extra=user_deps),
+            opts=role_opts,
         )
         self.role_privileges = dp.RolePrivileges(
             f"{name}-privileges",

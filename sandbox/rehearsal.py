@@ -356,6 +356,11 @@ class _Engine:
             "parent": request.parent or None,
             "dependencies": sorted(set(request.dependencies)),
         }
+        if request.HasField("replacement_trigger"):
+            from google.protobuf import json_format
+
+            trigger = json_format.MessageToDict(request.replacement_trigger)
+            record["replacement_trigger"] = "[unknown]" if trigger == UNKNOWN else trigger
         if not request.custom:
             if not self.preview and not self.scan:
                 old = self.state.resources.get(urn)
@@ -419,13 +424,17 @@ class _Engine:
             return id_, outs
         olds_out = self.state.with_provider(old, "outputs")
         diff = self.host.diff(urn, old["id"], olds_out, checked)
+        trigger_before, trigger_now = old.get("replacement_trigger"), record.get("replacement_trigger")
+        if trigger_before is not None and trigger_now != trigger_before:  # ResourceOptions.replacement_trigger
+            diff.changes, diff.replaces = True, sorted(set(diff.replaces) | {"[replacement_trigger]"})
+            step.details = [f"[replacement_trigger]: {_show(trigger_before)} => {_show(trigger_now)}"]
         if not diff.changes:
             if not self.preview:
                 self.state.put({**record, "id": old["id"]}, checked, olds_out)
             return old["id"], olds_out
         step.changed = diff.diffs or _changed_keys(olds_out, olds_in, checked)
-        step.details = describe_changes(sorted(set(diff.replaces) | set(step.changed)), {**olds_in, **olds_out},
-                                        checked, declared=True)
+        step.details += describe_changes(sorted((set(diff.replaces) | set(step.changed)) - {"[replacement_trigger]"}),
+                                         {**olds_in, **olds_out}, checked, declared=True)
         if urn in self.drift and not step.details:
             # The inputs did not change; the update puts back what a refresh found changed remotely.
             keys, before, after = self.drift[urn]

@@ -1,4 +1,8 @@
-"""End-to-end scenarios: the real program and Pulumi.dev.yaml through the rehearsal engine against the sandbox."""
+"""End-to-end scenarios: the real program and Pulumi.dev.yaml through the rehearsal engine against the sandbox.
+
+Upgrade, downgrade, each drift, reinstall after an uninstall, in-place config changes, destroy (created
+objects removed, adopted ones released).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sandbox.rehearsal import Rehearsal
 from sandbox.solution_zip import build_solution_zip
@@ -13,6 +18,7 @@ from sandbox.testing import stack_config
 
 REPO = Path(__file__).resolve().parent.parent
 ROLE = "Microsoft Marketplace Lead Writer"
+LEADWRITER_APP = "0b1f5a3c-5a4d-4e8b-9c6f-5a0d8b0c0b01"
 
 
 @pytest.fixture
@@ -121,3 +127,78 @@ def test_destroy_removes_what_the_stack_created(sandbox, stack):
     state = dump(sandbox, stack)
     assert not assigned(state, user_id)
     assert not any(s.get("uniquename", "").startswith("MicrosoftMarketplace") for s in state["solutions"])
+
+
+def test_uninstalled_solution_is_reimported_and_the_role_chain_rebuilt(sandbox, stack):
+    first = stack()
+    assert first.ok, first.text
+    user_id = first.outputs["applicationUserId"]
+    unique = next(s["uniquename"] for s in dump(sandbox, stack)["solutions"] if s["uniquename"].startswith("Microsoft"))
+    sandbox.control.drift(stack.org, "uninstall_solution", uniquename=unique)
+    assert not assigned(dump(sandbox, stack), user_id)
+
+    repair = stack("up", refresh=True)
+    assert repair.ok, repair.text
+    state = dump(sandbox, stack)
+    assert any(s["uniquename"] == unique for s in state["solutions"])
+    role = lead_writer_role(state)
+    depths = {p["name"]: p["depth"] for p in role["privileges"]}
+    assert depths["prvReadAsyncOperation"] == "Global" and depths["prvCreateUserEntityUISettings"] == "Basic"
+    copies = {r["roleid"] for r in state["roles"] if r["name"] == ROLE}
+    assert any(a["systemuserid"] == user_id and a["roleid"] in copies for a in state["assignments"])
+    assert "dev-dynamics-check" in {s.name for s in repair.changes()}, "the rebuilt chain is re-validated"
+    assert stack("preview", refresh=True).changes() == []
+
+
+def test_config_change_of_business_unit_emails_and_privileges_updates_in_place(sandbox, stack, tmp_path):
+    first = stack()
+    assert first.ok, first.text
+    user_id = first.outputs["applicationUserId"]
+    sales = sandbox.control.drift(stack.org, "add_business_unit", name="Sales")
+    spec = yaml.safe_load((REPO / "components" / "privileges.yaml").read_text())
+    spec["privileges"].append({"name": "prvReadLead", "depth": "Basic"})
+    (tmp_path / "privileges.yaml").write_text(yaml.safe_dump(spec))
+
+    changed = stack(businessUnit="Sales", contactEmails=json.dumps(["sales@contoso.example", "ops@contoso.example"]),
+                    privileges=str(tmp_path / "privileges.yaml"))
+    assert changed.ok, changed.text
+    # the user moves (update); its role assignment is made again in the new business unit (replace)
+    assert {s.name for s in changed.ops("replace")} == {"dev-dynamics-role", "dev-dynamics-check"}, changed.text
+    assert {"dev-dynamics-user", "dev-dynamics-privileges"} <= {s.name for s in changed.ops("update")}
+    assert changed.outputs["applicationUserId"] == user_id, "the user is updated, not replaced"
+    state = dump(sandbox, stack)
+    user = next(u for u in state["systemusers"] if u["systemuserid"] == user_id)
+    sales_id = sales.get("businessunitid") or sales.get("id")
+    assert user["_businessunitid_value"] == sales_id
+    assert assigned(state, user_id), "the user holds the role after its move"
+    depths = {p["name"]: p["depth"] for p in lead_writer_role(state)["privileges"]}
+    assert depths["prvReadLead"] == "Basic"
+    partner = changed.outputs["partnerCenter"]
+    partner = getattr(partner, "value", partner)
+    assert "sales@contoso.example" in json.dumps(partner)
+    again = stack(businessUnit="Sales", contactEmails=json.dumps(["sales@contoso.example", "ops@contoso.example"]),
+                  privileges=str(tmp_path / "privileges.yaml"), refresh=True)
+    assert again.ok and [s for s in again.changes() if not s.op.startswith("refresh")] == [], again.text
+
+
+def test_destroy_releases_the_application_user_it_adopted(sandbox, stack, deployer):
+    from dynamics_provider.auth import deployer_tokens
+    from dynamics_provider.client import DataverseClient  # the admin's own client, as a person would use
+
+    instance_url = f"{sandbox.info['instance_url'].rsplit('/orgs/', 1)[0]}/orgs/{stack.org}"
+    root_bu = next(b for b in dump(sandbox, stack)["businessunits"] if not b.get("_parentbusinessunitid_value"))
+    client = DataverseClient(instance_url, deployer_tokens(deployer), ca_bundle=deployer.ca_bundle)
+    client.create("systemusers", {"applicationid": LEADWRITER_APP, "firstname": "Pre", "lastname": "Existing",
+                                  "internalemailaddress": "pre@contoso.example",
+                                  "businessunitid@odata.bind": f"/businessunits({root_bu['businessunitid']})"})
+    pre = next(u for u in dump(sandbox, stack)["systemusers"] if u.get("applicationid") == LEADWRITER_APP)
+
+    up = stack()
+    assert up.ok, up.text
+    assert up.outputs["applicationUserId"] == pre["systemuserid"], "up adopts the existing application user"
+    destroy = stack("destroy")
+    assert destroy.ok, destroy.text
+    state = dump(sandbox, stack)
+    user = next(u for u in state["systemusers"] if u["systemuserid"] == pre["systemuserid"])
+    assert user["isdisabled"] is False, "an adopted user is released, not disabled"
+    assert not any(s["uniquename"].startswith("Microsoft") for s in state["solutions"])
