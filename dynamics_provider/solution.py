@@ -12,6 +12,7 @@ import io
 import os
 import re
 import tempfile
+import time
 import uuid
 import zipfile
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ _VERSION = re.compile(r"^\d{1,9}(\.\d{1,9}){1,3}$")
 _MAX_SOLUTION_XML = 5 * 1024 * 1024
 _MAX_DOWNLOAD = 512 * 1024 * 1024
 SUCCEEDED, FAILED, CANCELED = 30, 31, 32
+PROGRESS_EVERY_SECONDS = 5.0  # import progress (the import job) is read and logged this often
 
 
 class SolutionZipError(LeadDestinationError):
@@ -343,24 +345,35 @@ class SolutionImportProvider(DataverseResourceProvider):
             operation_id = None
 
         progress_seen: list[float] = []
+        next_progress = [time.monotonic() + PROGRESS_EVERY_SECONDS]
+
+        def progress(job: dict[str, Any]) -> None:
+            value = job.get("progress")
+            if value is not None and (not progress_seen or value != progress_seen[-1]):
+                progress_seen.append(value)
+                log.info("SolutionImport: %s %.0f%%", what, float(value))
 
         def finished() -> dict[str, Any] | None:
-            job = self._job(client, job_id) or {}
-            progress = job.get("progress")
-            if progress is not None and (not progress_seen or progress != progress_seen[-1]):
-                progress_seen.append(progress)
-                log.info("SolutionImport: %s %.0f%%", what, float(progress))
-            if operation_id:
-                op = client.get(f"asyncoperations({operation_id})",
-                                {"$select": "statecode,statuscode,message,friendlymessage"})
-                return {"op": op, "job": job} if op.get("statecode") == 3 else None
-            return {"op": None, "job": job} if job.get("completedon") else None
+            # The system job says when it is done (one read a poll); the import job is read for
+            # progress every few seconds, and at the end only when its text is needed.
+            if not operation_id:
+                job = self._job(client, job_id) or {}
+                progress(job)
+                return {"op": None, "job": job} if job.get("completedon") else None
+            if time.monotonic() >= next_progress[0]:
+                next_progress[0] = time.monotonic() + PROGRESS_EVERY_SECONDS
+                progress(self._job(client, job_id) or {})
+            op = client.get(f"asyncoperations({operation_id})",
+                            {"$select": "statecode,statuscode,message,friendlymessage"})
+            return {"op": op, "job": None} if op.get("statecode") == 3 else None
 
         done = wait_until(finished, timeout=timeout, what=f"the import of {what}", first_delay=0.5, max_delay=5.0)
         op, job = done["op"], done["job"]
         if op is not None and op.get("statuscode") == SUCCEEDED:
             log.info("SolutionImport: %s imported", what)
             return None
+        if job is None:
+            job = self._job(client, job_id) or {}  # the failure's text is in the import job
         error = self._job_error(job) or (op or {}).get("friendlymessage") or (op or {}).get("message")
         if op is None and error is None:
             return None  # job completed without a failure result
