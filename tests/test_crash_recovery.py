@@ -101,10 +101,10 @@ class KillAfterWrite:
                 if self.hit is None:
                     self.writes.append(label_of(entry))
                     if method == self.method and self.pattern.search(path):
+                        self.hit = label_of(entry)  # before the kill: the engine fails fast once the host is gone
                         host = self.reh.host
                         assert host is not None, "a write reached Dataverse, so the host is running"
                         host.kill()  # SIGKILL, waited for: the answer below goes to a dead process
-                        self.hit = label_of(entry)
         return body
 
 
@@ -201,8 +201,8 @@ def test_provider_killed_right_after_a_write_then_up_converges_without_duplicate
     again = stack()
     assert again.ok, again.text
     assert set(stored(stack)) == set(RESOURCES), "every resource is in state"
-    # the import is in flight whenever the kill hits while SolutionImport polls (its write, or a concurrent one)
-    import_interrupted = "solution import" in killer.writes and "dev-dynamics-solution" not in recorded
+    # an import started (before the kill, or concurrently with the killed write) whose create never returned
+    import_interrupted = "solution import" in landed and "dev-dynamics-solution" not in recorded
     converged = assert_converged_without_duplicates(sandbox, stack, import_interrupted)
     recovery = [label_of(e) for e in org_writes(sandbox, stack.org, since)]
     if label == "solution import":
@@ -210,8 +210,9 @@ def test_provider_killed_right_after_a_write_then_up_converges_without_duplicate
     created = {s.name for s in again.ops("create")}
     assert created == set(RESOURCES) - set(recorded), again.text
     assert again.outputs["applicationUserId"] == converged["user"]["systemuserid"]
+    adopted = {name: rec["outputs"].get("adopted") for name, rec in stored(stack).items() if name in created}
     print(f"\n[crash after write {ordinal}/{len(WRITES)}: {label}] landed before kill: {landed}; "
-          f"recovery created {sorted(created)} with writes {recovery}")
+          f"recovery created {sorted(created)} (adopted: {adopted}) with writes {recovery}")
 
     third = stack(refresh=True)
     assert third.ok, third.text
