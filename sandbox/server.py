@@ -56,6 +56,7 @@ _ENTRA = re.compile(r"^/([^/]+)/(v2\.0/\.well-known/openid-configuration|oauth2/
 _USERREALM = re.compile(r"^/common/userrealm/([^/]+)$")
 _FILES = re.compile(r"^/files/([^/]+)$")
 FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+KEEP_ALIVE_IDLE_SECONDS = 120  # Azure front ends keep idle connections ~4 min; long enough for any test file
 _UNLOGGED_CONTROL = ("/_control/log", "/_control/reset")  # reading/clearing the log does not write to it
 
 
@@ -536,11 +537,80 @@ class _LazyHandshake:
         return self.context.wrap_socket(sock, server_side=server_side, do_handshake_on_connect=False)
 
 
+class _KeepAliveInput:
+    """The connection's read side. After werkzeug has written an answer it "drains" the socket with
+    read(10 MB) while it looks readable, assuming the connection then closes; on a kept-alive
+    connection that would swallow (or block on) the client's next request. Once the app's answer is
+    complete (`mark_answered`), read() returns b"" so the drain stops at once; readline, which
+    http.server uses for the next request line and headers, is untouched."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self.answered = False
+
+    def mark_answered(self) -> None:
+        self.answered = True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.answered:
+            return b""
+        return self._raw.read(size)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
+def _then(chunks: Any, done: Any) -> Any:
+    """The answer's chunks, then `done()` (the body has been handed to the server in full)."""
+    try:
+        yield from chunks
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    if done is not None:
+        done()
+
+
 class _QuietHandler(WSGIRequestHandler):
-    """No per-request access lines on stderr: the sandbox keeps its own request log. TCP_NODELAY, or
+    """HTTP/1.1 keep-alive, as Dataverse's front end does, so a client pays one TLS handshake per
+    connection instead of one per request. werkzeug sends `Connection: close` on every answer because
+    http.server cannot drain an unread request body; the sandbox app reads every body whole before it
+    answers (SandboxApp.__call__), so the connection is safe to reuse and that header is dropped unless
+    the exchange must end (client asked, parse error, reset fault). Every answer has a Content-Length
+    (werkzeug sets it for byte bodies; 204/304 have none), else werkzeug would chunk it.
+    No per-request access lines on stderr: the sandbox keeps its own request log. TCP_NODELAY, or
     Nagle + delayed ACK add ~20 ms to every keep-alive answer (headers and body are separate writes)."""
 
+    protocol_version = "HTTP/1.1"
+    timeout = KEEP_ALIVE_IDLE_SECONDS  # an idle connection is closed after this long (socket timeout)
     disable_nagle_algorithm = True
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile = _KeepAliveInput(self.rfile)  # type: ignore[assignment]
+
+    def handle_one_request(self) -> None:
+        self.rfile.answered = False  # type: ignore[attr-defined]
+        super().handle_one_request()
+
+    def make_environ(self) -> dict[str, Any]:
+        environ = super().make_environ()
+        environ["sandbox.answered"] = self.rfile.mark_answered  # type: ignore[attr-defined]
+        return environ
+
+    def send_header(self, keyword: str, value: str) -> None:
+        if keyword.lower() == "connection" and value.lower() == "close" and not self.close_connection \
+                and self.environ_keep_alive():
+            return
+        super().send_header(keyword, value)
+
+    def environ_keep_alive(self) -> bool:
+        """Keep the connection unless the client asked to close it (HTTP/1.0 without keep-alive included)."""
+        asked = (self.headers.get("Connection", "") if self.headers else "").lower()
+        if self.request_version == "HTTP/1.0":
+            return asked == "keep-alive"
+        return asked != "close"
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass
@@ -580,7 +650,7 @@ class Sandbox:
         holder: dict[str, SandboxApp] = {}
 
         def app(environ: dict[str, Any], start_response: Any) -> Any:
-            return holder["app"](environ, start_response)
+            return _then(holder["app"](environ, start_response), environ.get("sandbox.answered"))
 
         self._server = make_server(HOST, self.port, app, threaded=True, request_handler=_QuietHandler,
                                    ssl_context=_LazyHandshake(context))  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ import requests
 from sandbox.testing import ControlError, stack_config, start_sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
+GRAPH = "https://graph.microsoft.com"
 PRODUCTS = "/product?$version=2022-03-01-preview2"
 SERVE_KEYS = {"instance_url", "authority", "authority_host", "tenant_id", "ca_bundle", "admin_client_id",
               "admin_client_secret", "leadwriter_client_id", "leadwriter_client_secret", "control_url",
@@ -350,3 +351,80 @@ def test_retry_after_http_date_fault_sends_an_rfc7231_date_the_log_understands(s
     assert sent + 2 <= when <= sent + 5
     entry = entries_since(sandbox, seq, "dataverse")[0]
     assert entry["throttled_until"] == when
+
+
+def _https(sandbox):
+    import http.client
+    import ssl
+
+    context = ssl.create_default_context(cafile=sandbox.info["ca_bundle"])
+    return http.client.HTTPSConnection("127.0.0.1", sandbox.info["port"], context=context, timeout=20)
+
+
+def test_keep_alive_serves_many_requests_with_bodies_on_one_connection_each_with_content_length(
+        sandbox, control, org):
+    api = f"/orgs/{org.rsplit('/', 1)[-1]}/api/data/v9.2/"
+    auth = bearer(sandbox, org)
+    conn = _https(sandbox)
+    try:
+        answers = []
+        for method, path, body, headers in [
+            ("GET", api + "WhoAmI", None, auth),
+            ("POST", api + "leads", json.dumps({"subject": "kept alive"}), {**auth, "Content-Type": "application/json"}),
+            ("GET", api + "leads?$select=subject", None, auth),
+            ("GET", api + "WhoAmI", None, {}),  # 401 envelope
+            ("GET", "/nowhere", None, {}),  # 404 envelope
+            ("POST", "/_control/faults", "{not json", {"Content-Type": "application/json"}),  # 400 from control
+        ]:
+            conn.request(method, path, body=body, headers=headers)
+            if conn.sock is not None and not answers:
+                first_socket = conn.sock
+            resp = conn.getresponse()
+            payload = resp.read()
+            answers.append((resp.status, resp.getheader("Content-Length"), resp.getheader("Connection"), payload))
+            assert conn.sock is first_socket, f"{method} {path} was not served on the first connection"
+        assert [a[0] for a in answers] == [200, 204, 200, 401, 404, 400]
+        for status, length, connection, payload in answers:
+            assert connection != "close"
+            assert status == 204 or int(length) == len(payload) > 0
+        assert b"kept alive" in answers[2][3]
+    finally:
+        conn.close()
+
+
+def test_keep_alive_fault_answers_have_content_length_and_connection_close_is_honoured(sandbox, control, org):
+    conn = _https(sandbox)
+    try:
+        control.add_fault(path="/rp/product-ingestion/product$", status=429, retry_after=1, count=1)
+        conn.request("GET", "/rp/product-ingestion" + PRODUCTS, headers=bearer(sandbox, GRAPH))
+        resp = conn.getresponse()
+        payload = resp.read()
+        assert resp.status == 429 and int(resp.getheader("Content-Length")) == len(payload) > 0
+        conn.request("GET", "/rp/product-ingestion" + PRODUCTS, headers={**bearer(sandbox, GRAPH), "Connection": "close"})
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 200 and resp.getheader("Connection") == "close"
+        assert resp.will_close
+    finally:
+        conn.close()
+
+
+def test_reset_fault_drops_a_kept_alive_connection_and_the_next_connection_works(sandbox, control, org):
+    import http.client
+
+    api = f"/orgs/{org.rsplit('/', 1)[-1]}/api/data/v9.2/WhoAmI"
+    auth = bearer(sandbox, org)
+    conn = _https(sandbox)
+    try:
+        conn.request("GET", api, headers=auth)
+        assert conn.getresponse().read() and conn.sock is not None  # the connection is open and reusable
+        control.add_fault(path="WhoAmI$", reset=True, org=org.rsplit("/", 1)[-1])
+        conn.request("GET", api, headers=auth)
+        with pytest.raises((ConnectionError, http.client.RemoteDisconnected, OSError)):
+            conn.getresponse().read()
+    finally:
+        conn.close()
+    with requests.Session() as s:  # a pooled client recovers on a fresh connection
+        s.trust_env = False
+        assert s.get(sandbox.info["instance_url"].rsplit("/orgs/", 1)[0] + api, headers=auth,
+                     verify=sandbox.info["ca_bundle"]).status_code == 200
