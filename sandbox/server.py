@@ -105,6 +105,7 @@ class SandboxApp:
         self._throttled_until: dict[tuple[str, str], float] = {}
         self._retry_until: dict[tuple[str, str], float] = {}
         self._files: dict[str, bytes] = {}
+        self._execution: dict[tuple[str, str], deque[tuple[float, float]]] = {}  # (finished, ms) per caller+org
         self.reset()
 
     # ----- state ------------------------------------------------------------------------------
@@ -124,6 +125,7 @@ class SandboxApp:
             self._throttled_until.clear()
             self._retry_until.clear()
             self._files.clear()
+            self._execution.clear()
             self.add_org(DEFAULT_ORG)
 
     def instance_url(self, name: str) -> str:
@@ -295,9 +297,7 @@ class SandboxApp:
         if fault := self._apply_fault(request, entry):
             return fault
         if caller is None:
-            authority = self.directory.authority
-            return dataverse_error(401, "0x80072560", f"The user is not authenticated: {problem}.", {
-                "WWW-Authenticate": f'Bearer authorization_uri="{authority}/oauth2/authorize", resource_id="{audience}"'})
+            return self._unauthenticated(entry, audience, problem)
         if entry["kind"] == "dataverse":
             target = self._organization(entry["org"])
             if target is None:
@@ -309,6 +309,7 @@ class SandboxApp:
         key = (entry["org"] or "", caller.label)
         if refusal := self._admit(key):
             return refusal
+        began = time.monotonic()
         try:
             latency = int(self.settings.latency_ms or 0)
             if latency:
@@ -317,6 +318,21 @@ class SandboxApp:
         finally:
             with self._lock:
                 self._inflight[key] -= 1
+                if (self.settings.throttle or {}).get("max_execution_ms") is not None:
+                    self._execution.setdefault(key, deque()).append((time.time(), (time.monotonic() - began) * 1000))
+
+    def _unauthenticated(self, entry: dict[str, Any], audience: str, problem: str) -> Response:
+        """401. Dataverse answers with an empty body and a bearer challenge naming the authority and the
+        resource (the header Microsoft's "discover the authority at run time" reads); round 1 sent the
+        403 code 0x80072560 ("not a member of the organization") here, which is a different failure.
+        Graph-hosted APIs (Partner Center) answer with their JSON envelope, InvalidAuthenticationToken."""
+        challenge = f"Bearer authorization_uri={self.directory.authority}/oauth2/authorize, resource_id={audience}/"
+        entry["auth_problem"] = problem
+        if entry["kind"] == "partnercenter":
+            return json_response({"error": {"code": "InvalidAuthenticationToken", "message":
+                                            f"Access token validation failure: {problem}."}}, 401,
+                                 {"WWW-Authenticate": challenge})
+        return Response(b"", status=401, headers={"WWW-Authenticate": challenge})
 
     def _authenticate(self, request: Request, audience: str) -> tuple[Caller | None, str]:
         header = request.headers.get("Authorization", "")
@@ -355,6 +371,19 @@ class SandboxApp:
                     wait = int(retry_setting) if retry_setting else max(1, math.ceil(stamps[0] + window - now))
                     self._throttled_until[key] = now + wait
                     return self._too_many("0x80072322", max_requests, window, wait)
+            max_execution = throttle.get("max_execution_ms")
+            if max_execution is not None:
+                spent = self._execution.setdefault(key, deque())
+                while spent and spent[0][0] <= now - window:
+                    spent.popleft()
+                if sum(ms for _, ms in spent) >= float(max_execution):
+                    wait = int(retry_setting) if retry_setting else max(1, math.ceil(spent[0][0] + window - now))
+                    seconds = int(window) if float(window).is_integer() else window
+                    # Code and wording: Microsoft Learn, "Service protection API limits" (execution time).
+                    return dataverse_error(429, "0x80072321", f"Combined execution time of incoming requests "
+                                           f"exceeded limit of {int(max_execution):,} milliseconds over time window "
+                                           f"of {seconds} seconds. Decrease number of concurrent requests or reduce "
+                                           "the duration of requests and try again later.", {"Retry-After": str(wait)})
             max_concurrent = throttle.get("max_concurrent")
             if max_concurrent is not None and self._inflight.get(key, 0) >= int(max_concurrent):
                 wait = int(retry_setting) if retry_setting else 1
@@ -524,6 +553,7 @@ class SandboxApp:
             if "throttle" in body:
                 self._windows.clear()
                 self._throttled_until.clear()
+                self._execution.clear()
         return json_response(self._settings_dict())
 
 

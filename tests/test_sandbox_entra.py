@@ -219,7 +219,8 @@ def test_graph_token_is_accepted_by_partner_center_and_others_are_401(sandbox):
                                   verify=info["ca_bundle"], timeout=10)
     assert ok.status_code == 200, ok.text
     assert wrong_audience.status_code == 401
-    assert 'resource_id="https://graph.microsoft.com"' in wrong_audience.headers["WWW-Authenticate"]
+    assert wrong_audience.headers["WWW-Authenticate"].endswith("resource_id=https://graph.microsoft.com/")
+    assert wrong_audience.json()["error"]["code"] == "InvalidAuthenticationToken"
 
 
 def test_token_expires_after_the_configured_lifetime(sandbox, restore_settings):
