@@ -7,6 +7,7 @@ deletes it as the deploying identity; on failure it names the broken link of the
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import time
 import uuid
@@ -47,6 +48,16 @@ def validation_lead(ticks: int) -> dict[str, str]:
     """Partner Center's validation lead: every field MSFT_TEST_<ticks>."""
     marker = f"MSFT_TEST_{ticks}"
     return {field: marker for field in ("subject", "firstname", "lastname", "emailaddress1", "companyname")}
+
+
+_LEAD_NAMESPACE = uuid.UUID("4c0e7f0a-6a52-4d8e-9a53-0d5b3c1f2a77")
+
+
+def validation_lead_id(inputs: dict[str, Any]) -> str:
+    """The test lead's id, derived from the check's non-secret inputs: a create the engine retries after
+    a crash (same inputs) meets the lead its killed attempt wrote, and removes it, instead of leaving it."""
+    key = {k: inputs.get(k) for k in INPUTS if k not in LeadWriteCheckProvider.secret_keys}
+    return str(uuid.uuid5(_LEAD_NAMESPACE, json.dumps(key, sort_keys=True, default=str)))
 
 
 class LeadWriteCheckProvider(DataverseResourceProvider):
@@ -96,7 +107,7 @@ class LeadWriteCheckProvider(DataverseResourceProvider):
         with self.operation("create", subject):
             admin = self.client(inputs["instance_url"])
             writer = self.client(inputs["instance_url"], tokens=self._writer_tokens(inputs))
-            lead = {"leadid": str(uuid.uuid4()), **validation_lead(dotnet_ticks())}
+            lead = {"leadid": validation_lead_id(inputs), **validation_lead(dotnet_ticks())}
             lead_id = self._write(inputs, admin, writer, lead, subject)
             # The deployer's answer proves the lead landed: a 204 on delete, or reading the kept lead.
             if inputs.get("keep_lead"):
@@ -157,7 +168,16 @@ class LeadWriteCheckProvider(DataverseResourceProvider):
             ) from exc
         try:
             try:
-                return writer.create("leads", lead)
+                try:
+                    return writer.create("leads", lead)
+                except DuplicateRecord:
+                    # an earlier attempt with these inputs wrote it and never got to delete it (killed):
+                    # remove it and write again, so the chain is proven now
+                    try:
+                        admin.delete("leads", lead["leadid"])
+                    except NotFound:
+                        pass
+                    return writer.create("leads", lead)
             except AmbiguousWriteError as exc:
                 # the lead carries its own id: look for it (giving an unanswered write time to land),
                 # and resend the same id otherwise, which can never make a second lead

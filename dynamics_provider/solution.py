@@ -34,6 +34,7 @@ from dynamics_provider.base import (
     need_positive_int,
     new_revision,
     next_revision,
+    raise_errors,
     wait_until,
 )
 from dynamics_provider.errors import AmbiguousWriteError, LeadDestinationError, NotFound
@@ -184,9 +185,9 @@ class SolutionImportProvider(DataverseResourceProvider):
             data, digest = self._load(inputs)
             manifest = self._manifest(inputs, data)
             client = self.client(inputs["instance_url"])
-            installed = self._installed(client, manifest.unique_name)
+            installed, running = self._installed_or_running(client, manifest.unique_name)
             adopted = installed is not None
-            installed, _ = self._converge(client, inputs, data, manifest, installed)
+            installed, _ = self._converge(client, inputs, data, manifest, installed, running)
         return CreateResult(installed["solutionid"],
                             self._outs(inputs, manifest, installed, digest, adopted, new_revision()))
 
@@ -207,7 +208,7 @@ class SolutionImportProvider(DataverseResourceProvider):
             manifest = self._manifest(inputs, data)
             client = self.client(inputs["instance_url"])
             installed, imported = self._converge(
-                client, inputs, data, manifest, self._installed(client, manifest.unique_name))
+                client, inputs, data, manifest, *self._installed_or_running(client, manifest.unique_name))
         return UpdateResult(self._outs(inputs, manifest, installed, digest, bool(state.get("adopted")),
                                        next_revision(state, imported)))
 
@@ -292,11 +293,40 @@ class SolutionImportProvider(DataverseResourceProvider):
         )
         return rows[0] if rows else None
 
+    @staticmethod
+    def _installed_or_running(client: Any, unique_name: str) -> tuple[dict[str, Any] | None, str | None]:
+        """The installed solution and the id of an import of it still running, in one request.
+
+        A running import is one a `pulumi up` started and never saw finish (its provider was killed,
+        or its answer was lost): waiting for it, instead of importing again, is the crash-recovery path.
+        """
+        from dynamics_provider.client import odata_path, odata_string
+
+        name = odata_string(unique_name)
+        solutions, jobs = raise_errors(client.batch_get([
+            odata_path("solutions", {"$select": "solutionid,uniquename,version,ismanaged",
+                                     "$filter": f"uniquename eq {name}"}),
+            odata_path("importjobs", {"$select": "importjobid,startedon",
+                                      "$filter": f"solutionname eq {name} and completedon eq null"}),
+        ]))
+        rows = solutions.get("value") or []
+        running = sorted(jobs.get("value") or [], key=lambda job: job.get("startedon") or "")
+        return (rows[0] if rows else None), (running[-1]["importjobid"] if running else None)
+
     def _converge(
-        self, client: Any, inputs: dict[str, Any], data: bytes, manifest: Manifest, installed: dict | None
+        self, client: Any, inputs: dict[str, Any], data: bytes, manifest: Manifest, installed: dict | None,
+        running: str | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """Import or upgrade as needed; (the installed solution, whether it imported)."""
         timeout = int(inputs.get("import_timeout_seconds") or DEFAULT_TIMEOUT)
+        if running:
+            log.info("SolutionImport: import job %s of %s is still running; waiting for it", running,
+                     manifest.unique_name)
+            wait_until(lambda: (self._job(client, running) or {"completedon": "gone"}).get("completedon"),
+                       timeout=timeout, what=f"the running import of {manifest.unique_name}", first_delay=0.5)
+            installed = self._installed(client, manifest.unique_name)
+            if installed is not None and version_key(installed["version"]) == version_key(manifest.version):
+                return installed, True  # that import installed what is wanted
         if installed is None:
             action = "ImportSolutionAsync"
         else:
