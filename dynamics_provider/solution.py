@@ -209,8 +209,10 @@ class SolutionImportProvider(DataverseResourceProvider):
             client = self.client(inputs["instance_url"])
             installed, imported = self._converge(
                 client, inputs, data, manifest, *self._installed_or_running(client, manifest.unique_name))
+        # an import this stack never saw finish (its provider was killed) changed the solution all the same
+        changed = imported or version_key(installed["version"]) != version_key(str(state.get("version") or "0"))
         return UpdateResult(self._outs(inputs, manifest, installed, digest, bool(state.get("adopted")),
-                                       next_revision(state, imported)))
+                                       next_revision(state, changed)))
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         state = clean(props)
