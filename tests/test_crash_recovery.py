@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -97,16 +98,18 @@ class KillAfterWrite:
 
 @pytest.fixture
 def stack(sandbox, org, tmp_path):
-    zip_path = tmp_path / "sol_1.0.0.0.zip"
-    zip_path.write_bytes(build_solution_zip("1.0.0.0"))
-    overrides = stack_config(sandbox.info, org)
-    overrides["lead-destination:solution"] = json.dumps({"path": str(zip_path)})
+    zips = {}
+    for version in ("1.0.0.0", "1.1.0.0"):
+        zips[version] = tmp_path / f"sol_{version}.zip"
+        zips[version].write_bytes(build_solution_zip(version))
 
-    def rehearsal() -> Rehearsal:
+    def rehearsal(version: str = "1.0.0.0") -> Rehearsal:
+        overrides = stack_config(sandbox.info, org)
+        overrides["lead-destination:solution"] = json.dumps({"path": str(zips[version])})
         return Rehearsal(REPO, "dev", tmp_path / "state.json", overrides, key_path=tmp_path / "key")
 
-    def run(verb: str = "up", refresh: bool = False):
-        return rehearsal().run(verb, refresh=refresh)
+    def run(verb: str = "up", refresh: bool = False, version: str = "1.0.0.0"):
+        return rehearsal(version).run(verb, refresh=refresh)
 
     run.rehearsal = rehearsal
     run.org = org.rstrip("/").rsplit("/", 1)[-1]
@@ -131,7 +134,7 @@ def stored(stack) -> dict[str, dict]:
     return {r["name"]: r for r in raw["resources"] if r.get("custom") and r.get("id")}
 
 
-def assert_converged_without_duplicates(sandbox, stack) -> dict:
+def assert_converged_without_duplicates(sandbox, stack, version: str = "1.0.0.0", imports_expected: int = 1) -> dict:
     state = sandbox.control.state(stack.org)
     users = [u for u in state["systemusers"] if (u.get("applicationid") or "").lower() == LEADWRITER_APP]
     assert len(users) == 1, f"one application user for the lead writer, found {len(users)}"
@@ -142,9 +145,9 @@ def assert_converged_without_duplicates(sandbox, stack) -> dict:
     assert len(held) == 1, f"the lead writer holds the role once, found {len(held)}"
     assert state["leads"] == [], "no validation lead is left behind"
     solutions = [s for s in state["solutions"] if s["uniquename"].startswith("MicrosoftMarketplace")]
-    assert [s["version"] for s in solutions] == ["1.0.0.0"]
+    assert [s["version"] for s in solutions] == [version]
     imports = [j for j in state["importjobs"] if (j.get("solutionname") or "").startswith("MicrosoftMarketplace")]
-    assert len(imports) == 1, f"the solution was imported once, found {len(imports)} import jobs"
+    assert len(imports) == imports_expected, f"{imports_expected} import job(s) expected, found {len(imports)}"
     root = next(r for r in state["roles"] if r["name"] == ROLE and not r.get("_parentroleid_value"))
     depths = {p["name"]: p["depth"] for p in root["privileges"]}
     assert depths["prvReadAsyncOperation"] == "Global" and depths["prvCreateUserEntityUISettings"] == "Basic"
@@ -200,3 +203,37 @@ def test_provider_killed_right_after_a_write_then_up_converges_without_duplicate
     assert third.ok, third.text
     assert [s for s in third.changes() if not s.op.startswith("refresh")] == [], third.text
     assert third.ops("refresh-update") == [] and third.ops("refresh-delete") == [], third.text
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("upgrade_done_before_recovery", [False, True], ids=["upgrade-still-running",
+                                                                             "upgrade-finished-while-down"])
+def test_provider_killed_right_after_the_upgrade_request_then_up_completes_it_once_and_revalidates(
+        sandbox, stack, upgrade_done_before_recovery):
+    first = stack()
+    assert first.ok, first.text
+    user_id = first.outputs["applicationUserId"]
+    since = last_seq(sandbox)
+    reh = stack.rehearsal("1.1.0.0")
+    with KillAfterWrite(sandbox, stack.org, reh, "POST", r"StageAndUpgradeAsync$") as killer:
+        crashed = reh.run("up")
+    assert killer.hit is not None and not crashed.ok, crashed.text
+    assert stored(stack)["dev-dynamics-solution"]["outputs"]["version"] == "1.0.0.0", "the update is not recorded"
+    if upgrade_done_before_recovery:
+        deadline = time.monotonic() + 30
+        while any(not j.get("completedon") for j in sandbox.control.state(stack.org)["importjobs"]):
+            assert time.monotonic() < deadline, "the upgrade job never finished"
+            time.sleep(0.2)
+
+    since = last_seq(sandbox)
+    again = stack(version="1.1.0.0")
+    assert again.ok, again.text
+    assert not [e for e in org_writes(sandbox, stack.org, since) if e["path"].endswith("StageAndUpgradeAsync")], \
+        "the upgrade already started is not started again"
+    converged = assert_converged_without_duplicates(sandbox, stack, "1.1.0.0", imports_expected=2)
+    assert converged["user"]["systemuserid"] == user_id
+    assert again.outputs["solutionVersion"] == "1.1.0.0"
+    assert [s.name for s in again.ops("replace")] == ["dev-dynamics-check"], "the upgraded chain is re-validated"
+    assert again.outputs["validatedAt"] != first.outputs["validatedAt"]
+    third = stack(refresh=True, version="1.1.0.0")
+    assert third.ok and third.changes() == [], third.text
