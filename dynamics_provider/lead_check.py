@@ -109,10 +109,8 @@ class LeadWriteCheckProvider(DataverseResourceProvider):
             writer = self.client(inputs["instance_url"], tokens=self._writer_tokens(inputs))
             lead = {"leadid": validation_lead_id(inputs), **validation_lead(dotnet_ticks())}
             lead_id = self._write(inputs, admin, writer, lead, subject)
-            # The deployer's answer proves the lead landed: a 204 on delete, or reading the kept lead.
-            if inputs.get("keep_lead"):
-                admin.get(f"leads({lead_id})", {"$select": "leadid,subject"})
-            else:
+            self._read_back(admin, lead_id, lead, subject)
+            if not inputs.get("keep_lead"):
                 admin.delete("leads", lead_id)
         outs = self.outputs(
             {k: inputs.get(k) for k in INPUTS},
@@ -189,6 +187,20 @@ class LeadWriteCheckProvider(DataverseResourceProvider):
                     return lead["leadid"]  # the first send landed in the meantime
         except DataverseError as exc:
             raise self._diagnose(inputs, admin, exc, subject) from exc
+
+    @staticmethod
+    def _read_back(admin: Any, lead_id: str, lead: dict[str, str], subject: str) -> None:
+        """The deploying identity reads the lead back: it landed, with the fields the marketplace wrote."""
+        fields = [k for k in lead if k != "leadid"]
+        stored = admin.get(f"leads({lead_id})", {"$select": ",".join(["leadid", *fields])})
+        altered = sorted(k for k in fields if stored.get(k) != lead[k])
+        if altered:
+            raise ResourceOperationError(
+                f"LeadWriteCheck failed for {subject}: the test lead {lead_id} landed with "
+                f"{', '.join(altered)} changed",
+                hint="a plug-in or business rule in the organization rewrites incoming leads; "
+                "marketplace leads would arrive altered too",
+            )
 
     @staticmethod
     def _lead_exists(admin: Any, lead_id: str) -> bool:

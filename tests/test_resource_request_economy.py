@@ -30,7 +30,7 @@ COLD = {
     "ApplicationUser": ["POST $batch", "POST systemusers"],
     "SecurityRoleAssignment": ["POST $batch", "POST systemuserroles_association/$ref"],
     "RolePrivileges": ["POST $batch", "GET RetrieveRolePrivilegesRole", "POST AddPrivilegesRole"],
-    "LeadWriteCheck": ["POST leads", "DELETE leads"],
+    "LeadWriteCheck": ["POST leads", "GET leads", "DELETE leads"],  # write, read back, clean up
 }
 
 
