@@ -200,14 +200,20 @@ def wait_until(
     what: str,
     first_delay: float = 0.5,
     max_delay: float = 5.0,
+    factor: float = 1.6,
+    probe_at_once: bool = True,
     on_wait: Callable[[float], None] | None = None,
 ) -> Any:
     """Call `probe` until it returns something truthy: capped exponential backoff, bounded overall.
 
-    Raises TimeoutError naming `what` when `timeout` seconds pass.
+    `probe_at_once=False` waits `first_delay` before the first probe (for work that cannot be done yet,
+    such as an import just started). Raises TimeoutError naming `what` when `timeout` seconds pass.
     """
     deadline = time.monotonic() + timeout
     delay = first_delay
+    if not probe_at_once:
+        time.sleep(min(delay, timeout))
+        delay = min(delay * factor, max_delay)
     while True:
         result = probe()
         if result:
@@ -218,7 +224,7 @@ def wait_until(
         if on_wait is not None:
             on_wait(timeout - remaining)
         time.sleep(min(delay, remaining))
-        delay = min(delay * 1.6, max_delay)
+        delay = min(delay * factor, max_delay)
 
 
 def ensure_stderr_logging() -> None:
