@@ -38,6 +38,8 @@ from dynamics_provider.errors import (
 INPUTS = ("instance_url", "tenant_id", "client_id", "client_secret", "username", "password", "keep_lead", "triggers")
 _EPOCH_TICKS = 621355968000000000  # .NET ticks at 1970-01-01
 _PRIVILEGE = re.compile(r"\b(prv[A-Za-z0-9_]+)")
+# Dataverse's unManagedidsusernotenabled: the Web API answers a disabled caller 400 with this code (not 401/403)
+USER_NOT_ENABLED = "0x80040225"
 
 
 def dotnet_ticks(now: float | None = None) -> int:
@@ -218,7 +220,7 @@ class LeadWriteCheckProvider(DataverseResourceProvider):
             return ResourceOperationError(f"LeadWriteCheck failed for {subject}: {link} ({detail}: {exc.message})",
                                           hint=hint)
 
-        if not isinstance(exc, AccessDenied | Unauthorized):
+        if not isinstance(exc, AccessDenied | Unauthorized) and (exc.code or "").lower() != USER_NOT_ENABLED:
             return fail("the test lead could not be written", exc.hint or "retry later")
         try:
             if inputs.get("client_id"):

@@ -55,9 +55,19 @@ E_NOT_FOUND = "0x80040217"
 E_UNKNOWN_SEGMENT = "0x8006088a"
 E_DUPLICATE = "0x80040237"
 E_PRIVILEGE = "0x80040220"
-E_NOT_MEMBER = "0x80072560"  # "The user is not a member of the organization." (403, widely reported)
-E_DISABLED = "0x80040225"  # inferred: UserDisabled / caller disabled
-E_INVALID_ARGUMENT = "0x80040203"  # InvalidArgument: used for refused depths, cross-BU assignment
+# Sources for the codes below: Microsoft Learn, "Web service error codes (Microsoft Dataverse)"
+# (https://learn.microsoft.com/power-apps/developer/data-platform/reference/web-service-error-codes).
+E_NOT_MEMBER = "0x80072560"  # UserNotMemberOfOrg "The user is not a member of the organization." (403, widely reported)
+# unManagedidsusernotenabled "The specified user is either disabled or is not a member of any business unit."
+# The Web API answers a disabled caller 400 with "The user with SystemUserId=… in OrganizationContext=… is
+# disabled" (github.com/microsoft/PowerPlatform-DataverseServiceClient/issues/71: a Create through the Web API
+# failed with status 'BadRequest' and that message); the rest of the message is the one widely reported.
+E_DISABLED = "0x80040225"
+# UserInWrongBusiness: "Cannot associate security role because the security role's Business Unit is not the
+# same as the user's Business Unit. Details: userid={0}, userBU={1}, roleId={2}, roleBU={3}" (status 400 inferred)
+E_WRONG_BUSINESS = "0x80041409"
+E_INVALID_DEPTH = "0x8004140b"  # InvalidPrivilegeDepth: "Invalid privilege depth." (status 400 inferred)
+E_INVALID_ARGUMENT = "0x80040203"  # InvalidArgument: inferred for editing an inherited role copy (nothing documented)
 E_HAS_USERSETTINGS = "0x80048610"
 E_ETAG = "0x80060882"
 
@@ -405,7 +415,7 @@ class Organization(SolutionImports, UserMoves):
         if user is None:
             raise ODataError(403, E_NOT_MEMBER, "The user is not a member of the organization.")
         if user["isdisabled"]:
-            raise ODataError(403, E_DISABLED,
+            raise ODataError(400, E_DISABLED,
                              f"The user with SystemUserId={user['systemuserid']} in OrganizationContext="
                              f"{self.organization_id} is disabled. Disabled users cannot access the system. "
                              "Consider enabling this user. Also, users are disabled if they don't have a license.")
@@ -768,12 +778,12 @@ class Organization(SolutionImports, UserMoves):
             if not m:
                 raise bad_request("The request body must be {\"@odata.id\": \"<base>/roles(<roleid>)\"}.")
             role = self._get("roles", m.group(1).lower())
-            if role["_businessunitid_value"] != user["_businessunitid_value"]:  # inferred wording and code
-                raise ODataError(400, E_INVALID_ARGUMENT,
-                                 f"The role (Id={role['roleid']}) belongs to business unit "
-                                 f"{role['_businessunitid_value']}, not to the user's business unit "
-                                 f"{user['_businessunitid_value']}. Assign the copy of the role in the user's "
-                                 "business unit.")
+            if role["_businessunitid_value"] != user["_businessunitid_value"]:  # UserInWrongBusiness (see E_WRONG_BUSINESS)
+                raise ODataError(400, E_WRONG_BUSINESS,
+                                 "Cannot associate security role because the security role's Business Unit is not "
+                                 "the same as the user's Business Unit. Details: "
+                                 f"userid={user_id}, userBU={user['_businessunitid_value']}, "
+                                 f"roleId={role['roleid']}, roleBU={role['_businessunitid_value']}")
             self.user_roles.add((user_id, role["roleid"]))  # already associated: success (dataverse-web-api.md)
             return 204, {}, b""
         if method == "DELETE":
@@ -831,16 +841,20 @@ class Organization(SolutionImports, UserMoves):
         if depth not in catalogue.DEPTHS:
             raise bad_request(f"Depth {item.get('Depth')!r} is not a PrivilegeDepth (Basic, Local, Deep, Global).")
         if not priv.allows(depth):
-            raise ODataError(400, E_INVALID_ARGUMENT,
-                             f"Depth {depth} is not valid for privilege {priv.name} (Id={priv.privilegeid}); "
-                             f"allowed depths: {', '.join(priv.depths)}.")
+            # InvalidPrivilegeDepth (see E_INVALID_DEPTH). Microsoft's message is only "Invalid privilege depth.";
+            # the privilege and the depth after it are the sandbox's addition (inferred, for diagnosis).
+            raise ODataError(400, E_INVALID_DEPTH,
+                             f"Invalid privilege depth. Depth {depth} is not valid for privilege {priv.name} "
+                             f"(Id={priv.privilegeid}); allowed depths: {', '.join(priv.depths)}.")
         return priv, depth
 
     def _privilege_action(self, action: str, role_id: str, body: dict, pr: Principal):
         role = self._get("roles", role_id)
         self._require_row(pr, TABLES["roles"], role, "prvReadRole")
         self._require_row(pr, TABLES["roles"], role, "prvWriteRole")
-        if role["_parentroleid_value"] is not None:  # inferred: inherited copies are edited through their root
+        # Inferred (code and wording): nothing documented was found for editing an inherited copy; Dataverse
+        # keeps privileges on the root role and its copies are read-only (dataverse-web-api.md).
+        if role["_parentroleid_value"] is not None:
             raise ODataError(400, E_INVALID_ARGUMENT,
                              f"The role (Id={role_id}) is an inherited copy in a child business unit; edit the "
                              f"privileges of its root role (Id={role['_parentrootroleid_value']}).")

@@ -22,6 +22,19 @@ if TYPE_CHECKING:
     from sandbox.dataverse import Principal
 
 E_DUPLICATE = "0x80040237"
+# Import failure codes, from Microsoft Learn "Web service error codes (Microsoft Dataverse)"
+# (https://learn.microsoft.com/power-apps/developer/data-platform/reference/web-service-error-codes) unless noted.
+E_IMPORT_SOLUTION = "0x80048033"  # ImportSolutionError "An error occurred while importing a Solution."
+E_BAD_ZIP = "0x80048060"  # ImportCustomizationsBadZipFileError "The solution file is invalid. …"
+E_IMPORT_GENERIC = "0x8004801E"  # ImportGenericError "The import failed. For more information, see …"
+E_MISSING_DEPENDENCIES = "0x8004801D"  # ImportMissingDependenciesError
+E_INVALID_PRIVILEGE = "0x80048058"  # ImportInvalidPrivilegeError "The privilege to be imported is invalid"
+E_MANAGED_OVER_UNMANAGED = "0x80048040"  # ImportSolutionManagedToUnmanagedMismatch
+E_UNMANAGED_OVER_MANAGED = "0x80048041"  # ImportSolutionUnmanagedToManagedMismatch
+# Not in that list: Microsoft support article KB 4499878, "The import solution must have a higher version than
+# the existing solution it is upgrading error occurs when importing a Microsoft Dynamics 365 solution"
+# (learn.microsoft.com/troubleshoot/power-platform/…): error code 80048541 with that message.
+E_VERSION_NOT_HIGHER = "0x80048541"
 
 
 @dataclass
@@ -94,7 +107,7 @@ class SolutionImports:
             self._tick()
             op = self.rows["asyncoperations"][async_id]
             if op["statuscode"] != 30:
-                raise ODataError(400, "0x80048033", op["message"])
+                raise ODataError(400, E_IMPORT_SOLUTION, op["message"])
             return 204, {}, b""
         if duration == 0:
             self._tick()
@@ -145,41 +158,47 @@ class SolutionImports:
 
     def _apply(self, task: ImportTask) -> str:
         if task.parse_error is not None:
-            raise _ImportFailure("0x80048060", f"The import file is invalid: {task.parse_error}")
-        if self.armed_import_failure is not None:
+            # the text after Microsoft's ImportCustomizationsBadZipFileError sentence is the sandbox's (inferred)
+            raise _ImportFailure(E_BAD_ZIP, "The solution file is invalid. The compressed file must contain the "
+                                 "following files at its root: solution.xml, customizations.xml, and "
+                                 f"[Content_Types].xml. ({task.parse_error})")
+        if self.armed_import_failure is not None:  # a drift: whatever text the test armed, under the generic code
             text, self.armed_import_failure = self.armed_import_failure, None
-            raise _ImportFailure("0x8004801a", text)
+            raise _ImportFailure(E_IMPORT_GENERIC, text)
         m = task.manifest
         existing = next((s for s in self.rows["solutions"].values()
                          if s["uniquename"].casefold() == m.unique_name.casefold()), None)
         for role in m.roles:
             for p in role["privileges"]:
                 priv = catalogue.find(p["name"] or "")
-                if priv is None:
-                    raise _ImportFailure("0x80048039", f"The privilege {p['name']} of role {role['name']} does not "
-                                                       "exist in this organization.")
-                if not priv.allows(p["level"]):
-                    raise _ImportFailure("0x80048039", f"Depth {p['level']} is not valid for privilege {priv.name} "
-                                                       f"of role {role['name']}.")
+                if priv is None:  # a privilege of an entity the org lacks: a missing dependency
+                    # Microsoft's ImportMissingDependenciesError sentence; the named privilege is the sandbox's
+                    raise _ImportFailure(E_MISSING_DEPENDENCIES, f"The following solution cannot be imported: "
+                                         f"{m.unique_name}. Some dependencies are missing. (The privilege "
+                                         f"{p['name']} of role {role['name']} does not exist in this organization.)")
+                if not priv.allows(p["level"]):  # inferred: which code a refused depth in a role gets on import
+                    raise _ImportFailure(E_INVALID_PRIVILEGE, "The privilege to be imported is invalid: depth "
+                                         f"{p['level']} is not valid for privilege {priv.name} of role {role['name']}.")
         if existing is not None:
             if existing["ismanaged"] and not m.managed:
-                raise _ImportFailure("0x80048033", "The solution is already installed on this system as a managed "
-                                     "solution and the package to be imported is trying to install it as an "
-                                     "unmanaged solution. Make sure the package matches and try again.")
+                raise _ImportFailure(E_UNMANAGED_OVER_MANAGED, "The solution is already installed on this system as "
+                                     "a managed solution and the package supplied is attempting to install it in "
+                                     "unmanaged mode. Import can only update solutions when the modes match. "
+                                     "Uninstall the current solution and try again.")
             if not existing["ismanaged"] and m.managed:
-                raise _ImportFailure("0x80048033", "The solution is already installed on this system as an "
-                                     "unmanaged solution and the package to be imported is managed. Uninstall the "
-                                     "unmanaged solution first.")
+                raise _ImportFailure(E_MANAGED_OVER_UNMANAGED, "The solution is already installed on this system as "
+                                     "an unmanaged solution and the package supplied is attempting to install it in "
+                                     "managed mode. Import can only update solutions when the modes match. "
+                                     "Uninstall the current solution and try again.")
             old, new = version_tuple(existing["version"]), version_tuple(m.version)
-            if new < old:
-                raise _ImportFailure("0x8004809e", f"Solution '{m.unique_name}' cannot be imported: its version "
-                                     f"{m.version} is lower than the installed version {existing['version']} "
-                                     "(downgrade).")
-            if task.upgrade and new == old:
-                raise _ImportFailure("0x8004809e", f"Solution '{m.unique_name}' version {m.version} is already "
-                                     "installed; an upgrade needs a higher version.")
-        elif task.upgrade:
-            raise _ImportFailure("0x80048033", f"Solution '{m.unique_name}' is not installed, so it cannot be "
+            if new < old or (task.upgrade and new == old):
+                # KB 4499878's code and message (stated for an upgrade; inferred for a plain import of a lower
+                # version too); the versions after it are the sandbox's addition
+                raise _ImportFailure(E_VERSION_NOT_HIGHER, "The import solution must have a higher version than "
+                                     f"the existing solution it is upgrading. ({m.unique_name}: importing "
+                                     f"{m.version}, installed {existing['version']})")
+        elif task.upgrade:  # inferred wording under the documented ImportSolutionError code
+            raise _ImportFailure(E_IMPORT_SOLUTION, f"Solution '{m.unique_name}' is not installed, so it cannot be "
                                  "upgraded. Import it first.")
         if existing is None:
             sid = str(uuid.uuid4())

@@ -101,9 +101,10 @@ def test_wrong_secret_is_diagnosed_as_credentials_rejected(sandbox, org, chain):
     assert "wrong-" not in text
 
 
-def test_disabled_user_is_diagnosed(sandbox, org, chain):
+def test_disabled_user_is_diagnosed_from_dataverses_400_user_not_enabled(sandbox, org, chain):
     sandbox.control.drift(org, "disable_user", systemuserid=chain["user_id"])
-    assert "user is disabled" in diagnosis(sandbox, org, chain)
+    text = diagnosis(sandbox, org, chain)
+    assert "user is disabled" in text and "Dataverse answered 400 0x80040225" in text
 
 
 def test_missing_role_is_diagnosed(sandbox, org, chain):

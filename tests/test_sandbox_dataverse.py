@@ -210,7 +210,10 @@ def test_role_copies_per_business_unit_and_assignment_in_the_users_unit_only(dv)
     uid = create_app_user(dv, LEADWRITER_CLIENT_ID, child)
     ref = f"systemusers({uid})/systemuserroles_association/$ref"
     status, _, body = call(dv, "POST", ref, {"@odata.id": f"{URL}/api/data/v9.2/roles({root_copy['roleid']})"})
-    assert status == 400 and "business unit" in body["error"]["message"]
+    assert (status, body["error"]["code"]) == (400, "0x80041409")  # UserInWrongBusiness
+    assert body["error"]["message"] == (
+        "Cannot associate security role because the security role's Business Unit is not the same as the user's "
+        f"Business Unit. Details: userid={uid}, userBU={child}, roleId={root_copy['roleid']}, roleBU={root}")
     for _ in range(2):  # already associated: still 204
         assert call(dv, "POST", ref, {"@odata.id": f"{URL}/api/data/v9.2/roles({child_copy['roleid']})"})[0] == 204
     listed = ok(call(dv, "GET", f"systemusers({uid})/systemuserroles_association?$select=roleid,name"))["value"]
@@ -234,7 +237,9 @@ def test_privilege_actions_enforce_allowed_depths_all_or_nothing_and_show_on_eve
         status, _, body = call(dv, "POST", f"roles({role})/Microsoft.Dynamics.CRM.{action}", {"Privileges": [
             {"PrivilegeId": job.privilegeid, "Depth": "Global", "BusinessUnitId": root},
             {"PrivilegeId": uis.privilegeid, "Depth": "Global", "BusinessUnitId": root}]})
-        assert status == 400 and "prvReadUserEntityUISettings" in body["error"]["message"]
+        assert (status, body["error"]["code"]) == (400, "0x8004140b")  # InvalidPrivilegeDepth
+        message = body["error"]["message"]
+        assert message.startswith("Invalid privilege depth.") and "prvReadUserEntityUISettings" in message
         assert ok(call(dv, "GET", f"RetrieveRolePrivilegesRole(RoleId={role})"))["RolePrivileges"] == before
     assert call(dv, "POST", f"roles({role})/Microsoft.Dynamics.CRM.AddPrivilegesRole", {"Privileges": [
         {"PrivilegeId": job.privilegeid, "Depth": "Global", "BusinessUnitId": root}]})[0] == 204
@@ -243,7 +248,7 @@ def test_privilege_actions_enforce_allowed_depths_all_or_nothing_and_show_on_eve
             "PrivilegeName": "prvAppendToAsyncOperation"} in on_copy
     status, _, body = call(dv, "POST", f"roles({copy})/Microsoft.Dynamics.CRM.AddPrivilegesRole",
                            {"Privileges": [{"PrivilegeId": job.privilegeid, "Depth": "Basic"}]})
-    assert status == 400 and role in body["error"]["message"]
+    assert (status, body["error"]["code"]) == (400, "0x80040203") and role in body["error"]["message"]
     assert call(dv, "POST", f"roles({role})/Microsoft.Dynamics.CRM.RemovePrivilegeRole",
                 {"PrivilegeId": job.privilegeid})[0] == 204
     assert ok(call(dv, "GET", f"RetrieveRolePrivilegesRole(RoleId={role})"))["RolePrivileges"] == before
@@ -275,18 +280,36 @@ def test_import_progresses_over_time_then_succeeds_and_creates_roles_per_busines
     assert role_id(dv, "Microsoft Marketplace Lead Writer", child)["_parentrootroleid_value"] == root_copy["roleid"]
 
 
-@pytest.mark.parametrize("first, second, fragment", [
-    (None, b"PK-not-really-a-zip", "not a zip"),
-    (build_solution_zip("2.0.0.0"), build_solution_zip("1.0.0.0"), "lower than the installed version"),
-    (build_solution_zip("1.0.0.0"), build_solution_zip("1.0.0.0", managed=False), "as a managed solution"),
-])
-def test_import_fails_with_errortext_for_bad_zip_downgrade_and_unmanaged_over_managed(dv, first, second, fragment):
+@pytest.mark.parametrize("first, second, code, fragment", [
+    (None, b"PK-not-really-a-zip", "0x80048060", "The solution file is invalid."),
+    (build_solution_zip("2.0.0.0"), build_solution_zip("1.0.0.0"), "0x80048541",
+     "The import solution must have a higher version than the existing solution it is upgrading."),
+    (build_solution_zip("1.0.0.0"), build_solution_zip("1.0.0.0", managed=False), "0x80048041",
+     "already installed on this system as a managed solution and the package supplied is attempting to install "
+     "it in unmanaged mode"),
+    (build_solution_zip("1.0.0.0", managed=False), build_solution_zip("1.0.0.0"), "0x80048040",
+     "already installed on this system as an unmanaged solution and the package supplied is attempting to "
+     "install it in managed mode"),
+    (None, build_solution_zip(privileges=[("prvReadLead", "Global"), ("prvReadMsdyn_Widget", "Global")]),
+     "0x8004801D", "cannot be imported: MicrosoftMarketplacesLeadIntegrationSolution. Some dependencies are missing."),
+    (None, build_solution_zip(privileges=[("prvReadUserEntityUISettings", "Global")]), "0x80048058",
+     "The privilege to be imported is invalid"),
+], ids=["bad-zip", "downgrade", "unmanaged-over-managed", "managed-over-unmanaged", "missing-dependency",
+        "depth-not-allowed"])
+def test_import_fails_with_microsofts_errorcode_and_errortext(dv, first, second, code, fragment):
     if first is not None:
         assert finished(dv, import_zip(dv, first))[2].get("result") == "success"
     op, job, result = finished(dv, import_zip(dv, second))
     assert (op["statecode"], op["statuscode"]) == (3, 31)
     assert result.get("result") == "failure" and fragment in result.get("errortext")
-    assert result.get("errorcode") not in (None, "", "0") and fragment in op["message"]
+    assert result.get("errorcode") == code and fragment in op["message"]
+
+
+def test_upgrade_to_the_installed_version_fails_like_a_downgrade(dv):
+    assert finished(dv, import_zip(dv, build_solution_zip("1.0.0.0")))[2].get("result") == "success"
+    op, _, result = finished(dv, import_zip(dv, build_solution_zip("1.0.0.0"), "StageAndUpgradeAsync"))
+    assert op["statuscode"] == 31 and result.get("errorcode") == "0x80048541"
+    assert "must have a higher version" in result.get("errortext")
 
 
 def test_armed_fault_fails_the_next_import_only(dv):
@@ -406,7 +429,9 @@ def test_non_admin_lead_writer_needs_each_privilege_and_drift_breaks_it(dv, dire
     _privilege_error(call(dv, "POST", "leads", lead, caller=writer), "prvCreateLead")
     dv.drift("disable_user", {"systemuserid": uid})
     status, _, body = call(dv, "POST", "leads", lead, caller=writer)
-    assert status == 403 and "is disabled" in body["error"]["message"]
+    assert (status, body["error"]["code"]) == (400, "0x80040225")  # as the Web API answers a disabled caller
+    assert body["error"]["message"].startswith(f"The user with SystemUserId={uid} in OrganizationContext=")
+    assert "is disabled" in body["error"]["message"]
 
 
 def test_drift_actions_and_state_dump(dv):
