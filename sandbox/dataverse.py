@@ -107,6 +107,7 @@ class Organization(SolutionImports, UserMoves):
         self.user_roles: set[tuple[str, str]] = set()  # (systemuserid, roleid)
         self.tasks: dict[str, ImportTask] = {}
         self.armed_import_failure: str | None = None
+        self.lead_rewrites: dict[str, str] = {}  # field -> value a "plug-in" writes into every new lead
         self._version = 1000
         self._seed()
 
@@ -295,6 +296,20 @@ class Organization(SolutionImports, UserMoves):
             bu = parse_guid(p["businessunitid"])
             self._get("businessunits", bu)
             return self._move_user(user, bu)
+        if action == "add_lead_rewrite":
+            # A synchronous pre-operation plug-in or business rule on lead create that rewrites a field of every
+            # incoming lead (e.g. normalises the company name): what the marketplace wrote is not what is stored.
+            field = str(p["field"])
+            if field not in TABLES["leads"].creatable or field == "leadid":
+                raise ValueError(f"{field!r} is not a writable lead column")
+            value = p["value"]
+            if value is not None and not isinstance(value, str):
+                raise ValueError("value must be a string or null")
+            self.lead_rewrites[field] = value
+            return {"rewrites": dict(self.lead_rewrites)}
+        if action == "clear_lead_rewrites":
+            removed, self.lead_rewrites = sorted(self.lead_rewrites), {}
+            return {"removed": removed}
         if action == "fail_next_import":
             self.armed_import_failure = str(p.get("errortext") or "Import failed: a fault was armed in the sandbox.")
             return {"armed": True}
@@ -698,9 +713,10 @@ class Organization(SolutionImports, UserMoves):
             raise ODataError(412, E_DUPLICATE, "A record with matching key values already exists.")
         row = {c: None for c in table.columns}
         row.update(fields)
+        row.update(self.lead_rewrites)  # the add_lead_rewrite drift: a plug-in rewrote the incoming lead
         row.update({"leadid": lead_id, "statecode": 0, "statuscode": 1, "_ownerid_value": pr.user["systemuserid"],
                     "_owningbusinessunit_value": pr.user["_businessunitid_value"],
-                    "fullname": " ".join(x for x in (fields.get("firstname"), fields.get("lastname")) if x) or None})
+                    "fullname": " ".join(x for x in (row.get("firstname"), row.get("lastname")) if x) or None})
         self.rows["leads"][lead_id] = self._stamp(row, created=True)
         return self._created(table, row, query, headers)
 

@@ -124,6 +124,23 @@ def test_app_without_application_user_is_diagnosed_as_not_a_member(sandbox, org,
     assert "not a user of this organization" in text
 
 
+@pytest.mark.parametrize("keep_lead", [False, True])
+def test_lead_rewritten_by_a_plug_in_is_diagnosed_naming_the_field_and_deleted(sandbox, org, chain, keep_lead):
+    sandbox.control.drift(org, "add_lead_rewrite", field="companyname", value="Contoso (normalised)")
+    sandbox.control.clear_log()
+    text = diagnosis(sandbox, org, chain, keep_lead=keep_lead)  # asserts no lead is left behind
+    assert "landed with companyname changed" in text and "plug-in or business rule" in text
+    for untouched in ("subject", "firstname", "lastname", "emailaddress1"):
+        assert untouched not in text.split("landed with", 1)[1].split("(", 1)[0]
+    writes = [(e["method"], e["path"].rsplit("/", 1)[-1].split("(")[0], e["status"]) for e in sandbox.control.log()
+              if e["kind"] == "dataverse" and e["method"] in ("POST", "DELETE")]
+    assert writes == [("POST", "leads", 204), ("DELETE", "leads", 204)], writes  # written once, then removed
+    sandbox.control.drift(org, "clear_lead_rewrites")
+    p = configured(LeadWriteCheckProvider, sandbox, org)
+    p.create(check_inputs(p, org, chain))  # the chain passes again once the rewrite is gone
+    assert leads(sandbox, org) == []
+
+
 def test_check_requires_one_credential_kind_and_never_echoes_secrets():
     p = LeadWriteCheckProvider()
     both = p.check({}, {"instance_url": "https://x.crm.dynamics.com", "client_id": str(uuid.uuid4()),

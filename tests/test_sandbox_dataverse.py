@@ -366,6 +366,26 @@ def _batch_body(urls):
     return ("".join(parts) + "--batch_x--\r\n").encode()
 
 
+def test_lead_rewrite_drift_alters_every_new_lead_as_a_plug_in_would_until_cleared(dv):
+    assert dv.drift("add_lead_rewrite", {"field": "lastname", "value": "Byron"}) == {"rewrites": {"lastname": "Byron"}}
+    dv.drift("add_lead_rewrite", {"field": "companyname", "value": None})
+    lead = {"subject": "MSFT_TEST_3", "firstname": "Ada", "lastname": "Lovelace", "companyname": "Analytical"}
+    status, _, body = call(dv, "POST", "leads?$select=lastname,companyname,fullname,subject", lead,
+                           headers={"Prefer": "return=representation"})
+    assert status == 201 and (body["lastname"], body["companyname"]) == ("Byron", None)
+    assert body["fullname"] == "Ada Byron" and body["subject"] == "MSFT_TEST_3"  # other fields as sent
+    stored = ok(call(dv, "GET", f"leads({body['leadid']})?$select=lastname"))
+    assert stored["lastname"] == "Byron"
+    for bad in ({"field": "leadid", "value": "x"}, {"field": "fullname", "value": "x"},
+                {"field": "nope", "value": "x"}, {"field": "subject", "value": 3}):
+        with pytest.raises(ValueError):
+            dv.drift("add_lead_rewrite", bad)
+    assert dv.drift("clear_lead_rewrites", {}) == {"removed": ["companyname", "lastname"]}
+    status, _, body = call(dv, "POST", "leads?$select=lastname,companyname", lead,
+                           headers={"Prefer": "return=representation"})
+    assert (body["lastname"], body["companyname"]) == ("Lovelace", "Analytical")
+
+
 def test_batch_answers_each_get_with_its_own_status(dv):
     missing = str(uuid.uuid4())
     raw = _batch_body([f"{URL}/api/data/v9.2/WhoAmI", "/api/data/v9.2/businessunits?$select=name",
