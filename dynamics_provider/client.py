@@ -174,11 +174,12 @@ class ApiClient:
             return self._session
 
     def url_for(self, path: str) -> str:
-        if path.startswith("https://"):
-            if not path.startswith(self.base_url):
-                raise ValueError(f"refusing to send a token to {path.split('?', 1)[0]!r}: not under {self.base_url}")
-            return path
-        return urljoin(self.base_url, path.lstrip("/"))
+        """The absolute URL of `path` (relative, or a link the API handed out); the token goes only under
+        `base_url`, so a link to another host or scheme (`http://…`, `HTTPS://other`) is refused."""
+        url = urljoin(self.base_url, path.lstrip("/"))
+        if not url.startswith(self.base_url):
+            raise ValueError(f"refusing to send a token to {url.split('?', 1)[0]!r}: not under {self.base_url}")
+        return url
 
     def _relative(self, url: str) -> str:
         return url[len(self.base_url):] if url.startswith(self.base_url) else url
@@ -330,7 +331,7 @@ def _redacted_headers(headers: Mapping[str, str]) -> dict[str, str]:
             for k, v in headers.items()}
 
 
-_CLIENTS: dict[tuple[str, DeployerSettings, int], DataverseClient] = {}
+_CLIENTS: dict[tuple[str, DeployerSettings], DataverseClient] = {}
 _CLIENTS_LOCK = threading.Lock()
 
 
@@ -354,16 +355,23 @@ class DataverseClient(ApiClient):
     def for_instance(
         cls, instance_url: str, settings: DeployerSettings, tokens: TokenProvider | None = None
     ) -> DataverseClient:
-        """A cached client for a validated instance URL (refused URLs raise before any token is fetched)."""
+        """A client for a validated instance URL (refused URLs raise before any token is fetched).
+
+        The deploying identity's client is process-wide (one per URL and settings); a client for the
+        caller's own `tokens` (a lead writer's, built per check) is new and not kept.
+        """
         url = validate_instance_url(instance_url, cloud=settings.cloud, allow_loopback=settings.allow_loopback)
+
+        def build(provider: TokenProvider) -> DataverseClient:
+            return cls(url, provider, ca_bundle=settings.ca_bundle,
+                       retry=RetryPolicy(timeout=settings.request_timeout_seconds))
+
+        if tokens is not None:
+            return build(tokens)
         with _CLIENTS_LOCK:
-            provider = tokens if tokens is not None else deployer_tokens(settings)
-            key = (url, settings, id(provider))
-            client = _CLIENTS.get(key)
-            if client is None or client.tokens is not provider:
-                client = cls(url, provider, ca_bundle=settings.ca_bundle,
-                             retry=RetryPolicy(timeout=settings.request_timeout_seconds))
-                _CLIENTS[key] = client
+            client = _CLIENTS.get((url, settings))
+            if client is None:
+                client = _CLIENTS[(url, settings)] = build(deployer_tokens(settings))
             return client
 
     # -- reads ------------------------------------------------------------------------------

@@ -206,8 +206,27 @@ def test_refused_instance_url_fetches_no_token(sandbox, deployer):
     assert token_requests(sandbox, deployer.client_id, mark) == 0
     client = DataverseClient.for_instance(sandbox.info["instance_url"], deployer)
     assert DataverseClient.for_instance(sandbox.info["instance_url"] + "/", deployer) is client
-    with pytest.raises(ValueError):
-        client.url_for("https://evil.example/api/data/v9.2/leads")  # a nextLink elsewhere never gets the token
+    # a nextLink elsewhere (another host, plain http, another scheme spelling) never gets the token
+    for link in ("https://evil.example/api/data/v9.2/leads", "http://evil.example/x", "HTTPS://evil.example/x",
+                 client.base_url.replace("https://", "http://") + "leads"):
+        with pytest.raises(ValueError, match="refusing to send a token"):
+            client.url_for(link)
+    assert client.url_for(client.base_url + "leads?$skiptoken=1") == client.base_url + "leads?$skiptoken=1"
+
+
+def test_a_client_for_the_callers_own_tokens_is_not_kept_in_the_process_wide_cache(sandbox, org, deployer):
+    import dynamics_provider.client as client_module
+
+    info = sandbox.info
+    shared = DataverseClient.for_instance(org, deployer)
+    kept = len(client_module._CLIENTS)
+    for _ in range(3):  # a LeadWriteCheck builds a writer's token provider per check
+        writer = client_secret_tokens(deployer.authority(), info["leadwriter_client_id"],
+                                      info["leadwriter_client_secret"], ca_bundle=info["ca_bundle"])
+        own = DataverseClient.for_instance(org, deployer, tokens=writer)
+        assert own is not shared and own.tokens is writer
+    assert len(client_module._CLIENTS) == kept
+    assert DataverseClient.for_instance(org, deployer) is shared
 
 
 # ------------------------------------------------------------------------------ retry policy
