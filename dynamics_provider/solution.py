@@ -40,6 +40,7 @@ from dynamics_provider.base import (
 from dynamics_provider.errors import AmbiguousWriteError, LeadDestinationError, NotFound
 
 INPUTS = ("instance_url", "source_path", "source_url", "sha256", "allow_unmanaged", "import_timeout_seconds")
+SOLUTION_FIELDS = ["solutionid", "uniquename", "version", "ismanaged"]
 DEFAULT_TIMEOUT = 1200
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _VERSION = re.compile(r"^\d{1,9}(\.\d{1,9}){1,3}$")
@@ -153,8 +154,7 @@ class SolutionImportProvider(DataverseResourceProvider):
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         olds, news = clean(olds), clean(news)
-        changed = self.diff_inputs(olds, news, ["instance_url", "source_path", "source_url", "sha256",
-                                                "allow_unmanaged", "import_timeout_seconds"])
+        changed = self.diff_inputs(olds, news, INPUTS)
         manifest = self._manifest_offline(news)
         if manifest is not None:
             if manifest.unique_name != olds.get("unique_name"):
@@ -234,18 +234,14 @@ class SolutionImportProvider(DataverseResourceProvider):
 
     def _download(self, url: str, sha256: str) -> bytes:
         """Download once into the cache (verified by sha256, written atomically)."""
-        import ipaddress
         from urllib.parse import urlsplit
 
         import requests
 
+        from dynamics_provider.hosts import is_loopback_host
+
         settings = self.settings
-        host = urlsplit(url).hostname or ""
-        try:
-            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if loopback and not settings.allow_loopback:
+        if is_loopback_host(urlsplit(url).hostname or "") and not settings.allow_loopback:
             raise SolutionZipError("refusing to download from a loopback address without lead-destination:allowLoopback")
         target = cache_dir() / f"{sha256}.zip"
         if target.is_file():
@@ -288,11 +284,7 @@ class SolutionImportProvider(DataverseResourceProvider):
     def _installed(client: Any, unique_name: str) -> dict[str, Any] | None:
         from dynamics_provider.client import odata_string
 
-        rows = client.query(
-            "solutions",
-            select=["solutionid", "uniquename", "version", "ismanaged"],
-            filter=f"uniquename eq {odata_string(unique_name)}",
-        )
+        rows = client.query("solutions", select=SOLUTION_FIELDS, filter=f"uniquename eq {odata_string(unique_name)}")
         return rows[0] if rows else None
 
     @staticmethod
@@ -306,7 +298,7 @@ class SolutionImportProvider(DataverseResourceProvider):
 
         name = odata_string(unique_name)
         solutions, jobs = raise_errors(client.batch_get([
-            odata_path("solutions", {"$select": "solutionid,uniquename,version,ismanaged",
+            odata_path("solutions", {"$select": ",".join(SOLUTION_FIELDS),
                                      "$filter": f"uniquename eq {name}"}),
             odata_path("importjobs", {"$select": "importjobid,startedon",
                                       "$filter": f"solutionname eq {name} and completedon eq null"}),
