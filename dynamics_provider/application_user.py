@@ -25,7 +25,7 @@ from dynamics_provider.base import (
     raise_errors,
     same,
 )
-from dynamics_provider.errors import AmbiguousWriteError, DuplicateRecord, NotFound
+from dynamics_provider.errors import AmbiguousWriteError, BadRequest, DuplicateRecord, NotFound
 
 USER_FIELDS = [
     "systemuserid",
@@ -39,6 +39,9 @@ USER_FIELDS = [
 ]
 DEFAULT_FIRST_NAME, DEFAULT_LAST_NAME = "Marketplace", "Lead Writer"
 INPUTS = ("instance_url", "application_id", "business_unit", "first_name", "last_name", "email")
+# input → systemuser column; the e-mail is set on create only (it replaces the user when it changes)
+NAME_COLUMNS = (("first_name", "firstname"), ("last_name", "lastname"))
+COLUMNS = (*NAME_COLUMNS, ("email", "internalemailaddress"))
 
 
 class ApplicationUserProvider(DataverseResourceProvider):
@@ -93,7 +96,7 @@ class ApplicationUserProvider(DataverseResourceProvider):
         observed = dict(state)
         # Field-by-field truth: names/e-mail as Dataverse has them; a business unit that moved is
         # shown as the id it moved to, so the next diff sees the input differ.
-        for key, field in (("first_name", "firstname"), ("last_name", "lastname"), ("email", "internalemailaddress")):
+        for key, field in COLUMNS:
             if state.get(key) is not None:
                 observed[key] = user.get(field)
         bu = user.get("_businessunitid_value")
@@ -194,7 +197,7 @@ class ApplicationUserProvider(DataverseResourceProvider):
         means someone else created it first (adopted)."""
         app_id = inputs["application_id"]
         body: dict[str, Any] = {"applicationid": app_id, "businessunitid@odata.bind": f"/businessunits({bu})"}
-        for key, field in (("first_name", "firstname"), ("last_name", "lastname"), ("email", "internalemailaddress")):
+        for key, field in COLUMNS:
             if inputs.get(key) is not None:
                 body[field] = inputs[key]
         for attempt in (1, 2):
@@ -221,7 +224,7 @@ class ApplicationUserProvider(DataverseResourceProvider):
         patch: dict[str, Any] = {}
         if user.get("isdisabled"):
             patch["isdisabled"] = False
-        for key, field in (("first_name", "firstname"), ("last_name", "lastname")):
+        for key, field in NAME_COLUMNS:
             if inputs.get(key) is not None and user.get(field) != inputs[key]:
                 patch[field] = inputs[key]
         if patch:
@@ -235,8 +238,6 @@ class ApplicationUserProvider(DataverseResourceProvider):
 
     def _move(self, client: Any, user_id: str, bu: str) -> None:
         """A user's business unit changes only through SetBusinessSystemUser (PATCH is refused)."""
-        from dynamics_provider.errors import BadRequest
-
         body = {
             "BusinessUnit": {"@odata.type": "Microsoft.Dynamics.CRM.businessunit", "businessunitid": bu},
             "ReassignPrincipal": {"@odata.type": "Microsoft.Dynamics.CRM.systemuser", "systemuserid": user_id},
