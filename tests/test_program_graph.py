@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,21 +34,6 @@ TENANT = "11111111-2222-3333-4444-555555555555"
 RESOLVED_SCOPE = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 APP_CLIENT_ID = "99999999-8888-7777-6666-555555555555"
 EXISTING = {"clientId": "0b1f5a3c-5a4d-4e8b-9c6f-5a0d8b0c0b01", "tenantId": "0b1f5a3c-5a4d-4e8b-9c6f-5a0d8b0c0001"}
-
-DYNAMIC_MODULES = ("solution", "application_user", "role_assignment", "role_privileges", "lead_check")
-needs_dynamics = pytest.mark.skipif(
-    any(importlib.util.find_spec(f"dynamics_provider.{m}") is None for m in DYNAMIC_MODULES),
-    reason="dynamic resource modules not landed yet",
-)
-
-
-def _synced_user_available() -> bool:
-    try:
-        import dynamics_provider
-
-        return getattr(dynamics_provider, "SyncedUser", None) is not None
-    except (ImportError, AttributeError):
-        return False
 
 
 @dataclass
@@ -310,7 +294,6 @@ def _dynamics(mocks: GraphMocks, stack: str = "customer1") -> dict[str, Register
     return {part: mocks.resources[f"{base}-{part}"] for part in ("solution", "role", "privileges")}
 
 
-@needs_dynamics
 def test_azuread_mode_graph_wires_the_new_app_into_dynamics_in_order(tmp_path):
     mocks = GraphMocks()
     result = ProgramRun(mocks)(settings_for(tmp_path, businessUnit="Sales"), TODAY)
@@ -358,7 +341,6 @@ def test_azuread_mode_graph_wires_the_new_app_into_dynamics_in_order(tmp_path):
     assert result.outputs["secretExpiresOn"] == (expires, False)
 
 
-@needs_dynamics
 def test_existing_application_mode_registers_only_dynamic_resources(tmp_path):
     mocks = GraphMocks()
     settings = settings_for(tmp_path, existingApplication=EXISTING, existingApplicationSecret="brought-secret")
@@ -377,7 +359,6 @@ def test_existing_application_mode_registers_only_dynamic_resources(tmp_path):
     assert result.outputs["secretExpiresOn"] == (None, False)
 
 
-@needs_dynamics
 def test_validation_off_registers_no_lead_write_check(tmp_path):
     mocks = GraphMocks()
     ProgramRun(mocks)(settings_for(tmp_path, validate="false"), TODAY)
@@ -385,8 +366,6 @@ def test_validation_off_registers_no_lead_write_check(tmp_path):
     assert not mocks.of_type(":LeadWriteCheck")
 
 
-@needs_dynamics
-@pytest.mark.skipif(not _synced_user_available(), reason="SyncedUser not landed yet")
 def test_office365_mode_graph_has_user_licence_and_synced_systemuser(tmp_path):
     mocks = GraphMocks()
     settings = settings_for(tmp_path, authentication="office365",
@@ -420,8 +399,6 @@ def test_office365_mode_graph_has_user_licence_and_synced_systemuser(tmp_path):
     assert result.outputs["secretExpiresOn"] == (period.end.isoformat() + "T00:00:00Z", False)
 
 
-@needs_dynamics
-@pytest.mark.skipif(not _synced_user_available(), reason="SyncedUser not landed yet")
 def test_office365_password_rotates_exactly_when_the_90_day_period_turns(tmp_path):
     settings = settings_for(tmp_path, authentication="office365",
                             office365={"userPrincipalName": "leads@contoso.onmicrosoft.com"})
