@@ -208,10 +208,13 @@ def configured(cls: type, config: dict[str, Any]) -> Any:
     return provider
 
 
-def expect_failure(capture: Capture, where: str, action: Callable[[], Any]) -> BaseException:
+def expect_failure(
+    capture: Capture, where: str, action: Callable[[], Any], expected: type[BaseException] = Exception
+) -> BaseException:
+    """Run `action`, which must fail with `expected`; the failure's texts go into `capture`."""
     try:
         action()
-    except Exception as exc:  # noqa: BLE001 - every failure kind is captured
+    except expected as exc:
         capture.exception(where, exc)
         return exc
     pytest.fail(f"{where}: expected a failure")
@@ -318,12 +321,7 @@ def test_failures_over_grpc_reach_the_engine_and_the_host_stderr_without_credent
                                                     "triggers": {"n": 1}, **news})
             capture.add(f"{name}: check failures", repr(failures))
             assert failures == [] and isinstance(inputs[next(k for k in news if k in SECRETS)], Secret)
-            try:
-                host.create(urn, inputs)
-            except ProviderError as exc:
-                capture.exception(name, exc)
-            else:
-                pytest.fail(f"{name}: expected a failure")
+            expect_failure(capture, name, lambda urn=urn, inputs=inputs: host.create(urn, inputs), ProviderError)
 
         offer_ref = provider_ref(OfferLeadDestinationProvider())
         urn = urn_for("leaks", "lead-destination", "offer", "pulumi-python:dynamic/dynamics:OfferLeadDestination")
@@ -335,12 +333,7 @@ def test_failures_over_grpc_reach_the_engine_and_the_host_stderr_without_credent
         inputs, failures = host.check(urn, {}, props)
         assert failures == []
         sandbox.control.partner_center("POST", "fail-next", {"message": f"password '{creds.password}' is weak"})
-        try:
-            host.create(urn, inputs)
-        except ProviderError as exc:
-            capture.exception("offer echoed password", exc)
-        else:
-            pytest.fail("expected the armed Partner Center failure")
+        expect_failure(capture, "offer echoed password", lambda: host.create(urn, inputs), ProviderError)
         id_, outs = host.create(urn, inputs)
         capture.add("offer outputs", repr(outs))
         host.delete(urn, id_, outs)
@@ -392,12 +385,7 @@ def test_certificate_password_and_federated_assertion_of_the_deployer_stay_out_o
             inputs, failures = host.check(urn, {}, {"__provider": provider_ref(SolutionImportProvider()),
                                                     "instance_url": org, "source_path": str(zip_path)})
             assert failures == []
-            try:
-                host.create(urn, inputs)
-            except ProviderError as exc:
-                capture.exception(where, exc)
-            else:
-                pytest.fail(f"{where}: expected a failure")
+            expect_failure(capture, where, lambda urn=urn, inputs=inputs: host.create(urn, inputs), ProviderError)
             capture.add(f"{where}: provider host stderr", host.stderr_text())
     said = "\n".join(text for where, text in capture.texts if where.endswith(": str"))
     assert "certificate password" in said  # the failure names the cause
