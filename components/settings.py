@@ -17,6 +17,11 @@ from urllib.parse import urlparse
 
 import yaml
 
+from dynamics_provider.base import EMAIL_RE as _EMAIL
+from dynamics_provider.base import GUID_RE as _GUID
+from dynamics_provider.role_privileges import DEPTHS
+from dynamics_provider.role_privileges import PRIVILEGE_NAME_RE as _PRIVILEGE
+
 NAMESPACE = "lead-destination"
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -28,7 +33,6 @@ CUSTOMER_ENGAGEMENT_PLAN_SKU_ID = "ea126fc5-a19e-42e2-a731-da9d437bffcf"
 DEFAULT_ROLE_NAME = "Microsoft Marketplace Lead Writer"
 DEFAULT_PRIVILEGES_PATH = "components/privileges.yaml"
 ENTRA_MAX_SECRET_LIFETIME_DAYS = 730
-DEPTHS = ("Basic", "Local", "Deep", "Global")
 
 # Keys whose values are secrets: masked in every message.
 SECRET_KEYS = frozenset({"existingApplicationSecret", "deployerClientSecret", "deployerCertificatePassword"})
@@ -60,11 +64,8 @@ NESTED_KEYS: dict[str, frozenset[str]] = {
     "offer": frozenset({"id", "schemaVersion"}),
 }  # fmt: skip
 
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_EMAIL = re.compile(r"^[^@\s;,]+@[^@\s;,]+\.[^@\s;,]+$")
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$")
-_PRIVILEGE = re.compile(r"^prv[A-Za-z0-9_]+$")
 _UNSET = object()
 
 

@@ -32,7 +32,7 @@ _ALIASES = {
     "deep": "Deep", "parentchildbusinessunits": "Deep", "parentchildbusinessunit": "Deep",
     "global": "Global", "organization": "Global",
 }  # fmt: skip
-_PRIVILEGE_NAME = re.compile(r"^prv[A-Za-z0-9_]+$")
+PRIVILEGE_NAME_RE = re.compile(r"^prv[A-Za-z0-9_]+$")
 INPUTS = ("instance_url", "role_name", "role_id", "privileges")
 
 
@@ -80,7 +80,7 @@ class RolePrivilegesProvider(DataverseResourceProvider):
                 problems.append(f"item {i}: expected exactly the keys name and depth")
                 continue
             name, depth = item.get("name"), normalize_depth(item.get("depth"))
-            if not isinstance(name, str) or not _PRIVILEGE_NAME.match(name):
+            if not isinstance(name, str) or not PRIVILEGE_NAME_RE.match(name):
                 problems.append(f"item {i}: privilege name {name!r} must look like prvReadLead")
             elif name.lower() in seen:
                 problems.append(f"{name} is listed twice")
