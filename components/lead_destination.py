@@ -94,15 +94,15 @@ class LeadDestination(pulumi.ComponentResource):
         self.solution_version = self.writer.solution_version
         self.application_user_id = self.writer.user_id
         self.validated_at = self.writer.validated_at
-        self.register_outputs(
-            {
-                "partnerCenter": self.partner_center,
-                "secretExpiresOn": self.secret_expires_on,
-                "solutionVersion": self.solution_version,
-                "applicationUserId": self.application_user_id,
-                "validatedAt": self.validated_at,
-            }
-        )
+        #: the stack outputs (names as in docs/configuration.md), registered here and exported by `run`
+        self.exports: dict[str, pulumi.Output[Any]] = {
+            "partnerCenter": self.partner_center,
+            "secretExpiresOn": self.secret_expires_on,
+            "solutionVersion": self.solution_version,
+            "applicationUserId": self.application_user_id,
+            "validatedAt": self.validated_at,
+        }
+        self.register_outputs(self.exports)
 
 
 def offer_lead_destination(
@@ -130,9 +130,6 @@ def run(settings: Settings | None = None, *, today: dt.date | None = None) -> Le
     """The program: validate the stack config (nothing registers if it is wrong), build, export."""
     settings = settings or load_settings()
     destination = LeadDestination(pulumi.get_stack(), settings, today=today)
-    pulumi.export("partnerCenter", destination.partner_center)
-    pulumi.export("secretExpiresOn", destination.secret_expires_on)
-    pulumi.export("solutionVersion", destination.solution_version)
-    pulumi.export("applicationUserId", destination.application_user_id)
-    pulumi.export("validatedAt", destination.validated_at)
+    for key, value in destination.exports.items():
+        pulumi.export(key, value)
     return destination
