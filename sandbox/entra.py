@@ -15,7 +15,7 @@ from typing import Any
 
 import jwt
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from werkzeug.wrappers import Request, Response
 
@@ -201,15 +201,11 @@ class Directory:
         return {"keys": [{"kty": "RSA", "use": "sig", "kid": self._kid, "x5t": self._kid, "alg": "RS256",
                           "n": _b64url_int(numbers.n), "e": _b64url_int(numbers.e)}]}
 
-    def workload_public_pem(self) -> str:
-        return self._workload_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-
     # ----- HTTP endpoints ---------------------------------------------------------------------
     def openid_configuration(self) -> Response:
         auth = self.authority
         return json_response({
-            "token_endpoint": f"{auth}/oauth2/v2.0/token",
+            "token_endpoint": self.token_endpoint,
             "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
             "jwks_uri": f"{auth}/discovery/v2.0/keys",
             "response_modes_supported": ["query", "fragment", "form_post"],

@@ -30,6 +30,7 @@ from sandbox.provider_host import (
     ProviderError,
     ProviderHost,
     Secret,
+    _from_wire,
     _plain,
     from_struct,
     guard_provider_serialization,
@@ -781,7 +782,7 @@ class Rehearsal:
                         box["errors"].append(f"output {name}: {_message(exc)}")
                         continue
                     val = _strip_unknowns(val) if known else "[unknown]"
-                    outputs[name] = Secret(val) if secret else _mark_nested(val)
+                    outputs[name] = Secret(val) if secret else _from_wire(val)
                 box["outputs"] = outputs
             finally:
                 _PROGRAM_DIRS.leave(self.project_dir, extra)
@@ -893,18 +894,6 @@ def _strip_unknowns(value: Any) -> Any:
         return {k: _strip_unknowns(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_strip_unknowns(v) for v in value]
-    return value
-
-
-def _mark_nested(value: Any) -> Any:
-    from pulumi.runtime import rpc
-
-    if rpc.is_rpc_secret(value):
-        return Secret(rpc.unwrap_rpc_secret(value))
-    if isinstance(value, dict):
-        return {k: _mark_nested(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_mark_nested(v) for v in value]
     return value
 
 
