@@ -1,4 +1,7 @@
-"""`python -m sandbox <command>`: serve, build-solution, rehearse, demo, bench."""
+"""`python -m sandbox <command>`: serve, build-solution, rehearse, demo, bench.
+
+Owns only the command table; each command's `main` lives in the module the table names.
+"""
 
 import sys
 from importlib import import_module

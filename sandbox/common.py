@@ -1,4 +1,7 @@
-"""Shapes shared by the sandbox's parts: who is calling, tunable behaviour, and error responses."""
+"""Shapes shared by the sandbox's parts: who is calling, tunable behaviour, and error responses.
+
+Also the documented sandbox constants (port, tenant, admin and lead-writer apps) of docs/architecture.md.
+"""
 
 from __future__ import annotations
 

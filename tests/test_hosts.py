@@ -1,4 +1,7 @@
-"""Instance-URL validation per cloud (which hosts may ever receive a token) and cloud host mapping."""
+"""Instance-URL validation per cloud (which hosts may ever receive a token) and cloud host mapping.
+
+Pure functions of dynamics_provider.hosts: no sandbox, every case a table row.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The provider-host driver against the real `python -m pulumi.dynamic` process and the toy provider."""
+"""The provider-host driver against the real `python -m pulumi.dynamic` process and the toy provider.
+
+Lifecycle over gRPC, secrets and number types on the wire, failures, concurrency and a killed host.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The rehearsal engine's step semantics, state and output, proven with the toy provider over the real host."""
+"""The rehearsal engine's step semantics, state and output, proven with the toy provider over the real host.
+
+What `pulumi preview/up/refresh/destroy` would do, step by step, without the CLI.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""ApplicationUser against the sandbox over HTTPS: create, adopt, no-op diff, drift repair, destroy."""
+"""ApplicationUser against the sandbox over HTTPS: create, adopt, no-op diff, drift repair, destroy.
+
+The provider is called in-process with a fresh organization per test; state is read from the sandbox.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""SecurityRoleAssignment against the sandbox: BU copy resolution, adopt, drift → gone, destroy."""
+"""SecurityRoleAssignment against the sandbox: BU copy resolution, adopt, drift → gone, destroy.
+
+The provider is called in-process with a fresh organization per test; state is read from the sandbox.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""RolePrivileges against the sandbox: exact depths, untouched others, drift repair, restore on destroy."""
+"""RolePrivileges against the sandbox: exact depths, untouched others, drift repair, restore on destroy.
+
+The provider is called in-process with a fresh organization per test; depths are read from the sandbox.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""SolutionImport against the sandbox: import, adopt, upgrade, refuse downgrade/unmanaged, drift, destroy."""
+"""SolutionImport against the sandbox: import, adopt, upgrade, refuse downgrade/unmanaged, drift, destroy.
+
+Also the source_url path (sha256 pin, one download, cache) against the sandbox's file hosting.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ def installed(sandbox, org):
     return {s["uniquename"]: s for s in sandbox.control.state(org)["solutions"]}.get(DEFAULT_UNIQUE_NAME)
 
 
-def test_manifest_is_read_from_the_zip_not_the_path(tmp_path):
+def test_manifest_is_read_from_the_zip_not_the_path():
     m = read_manifest(build_solution_zip(version="2.1.0.3"))
     assert (m.unique_name, m.version, m.managed) == (DEFAULT_UNIQUE_NAME, "2.1.0.3", True)
 

@@ -1,4 +1,7 @@
-"""The sandbox's solution zip builder and its hardened parser (defusedxml)."""
+"""The sandbox's solution zip builder and its hardened parser (defusedxml).
+
+Round trips, stable role ids across versions, hostile zips refused, and the build-solution command.
+"""
 
 from __future__ import annotations
 
