@@ -245,7 +245,7 @@ def test_azure_cli_credential_asks_az_for_the_organization_resource_once(sandbox
     assert calls[0][calls[0].index("--tenant") + 1] == sandbox.info["tenant_id"]
 
 
-def test_azure_cli_failure_says_to_log_in(sandbox, org, fake_az, monkeypatch):
+def test_azure_cli_failure_says_to_log_in(org, fake_az, monkeypatch):
     monkeypatch.setenv("FAKE_AZ_FAIL", "1")
     settings = DeployerSettings(use_azure_cli=True, tenant_id=str(uuid.uuid4()))
     with pytest.raises(AuthenticationError) as caught:

@@ -86,7 +86,7 @@ def test_create_returns_the_id_from_odata_entityid_and_the_record_reads_back(san
     assert [row["leadid"] for row in sandbox.control.state(org)["leads"]] == [lead_id]
 
 
-def test_query_escapes_string_literals_and_guid_literals_are_validated(sandbox, org, deployer):
+def test_query_escapes_string_literals_and_guid_literals_are_validated(org, deployer):
     client = client_for(org, deployer)
     obrien = client.create("leads", lead(lastname="O'Brien"))
     client.create("leads", lead(lastname="Brien"))
@@ -99,7 +99,7 @@ def test_query_escapes_string_literals_and_guid_literals_are_validated(sandbox, 
             odata_guid(hostile)
 
 
-def test_update_and_delete_of_a_missing_record_raise_not_found_with_status_code_and_hint(sandbox, org, deployer):
+def test_update_and_delete_of_a_missing_record_raise_not_found_with_status_code_and_hint(org, deployer):
     client = client_for(org, deployer)
     lead_id = client.create("leads", lead())
     client.update("leads", lead_id, {"subject": "changed"})
@@ -115,7 +115,7 @@ def test_update_and_delete_of_a_missing_record_raise_not_found_with_status_code_
         client.update("leads", lead_id, {"subject": "again"})  # If-Match: * never creates
 
 
-def test_associate_is_idempotent_and_disassociate_removes_the_role(sandbox, org, deployer):
+def test_associate_is_idempotent_and_disassociate_removes_the_role(org, deployer):
     client = client_for(org, deployer)
     me = client.who_am_i()
     role = client.query("roles", select=["roleid", "name"],
@@ -130,7 +130,7 @@ def test_associate_is_idempotent_and_disassociate_removes_the_role(sandbox, org,
     assert role["roleid"] not in [r["roleid"] for r in roles]
 
 
-def test_bound_action_and_function_with_a_guid_parameter(sandbox, org, deployer):
+def test_bound_privilege_actions_change_the_role_and_a_function_with_a_guid_parameter_reads_it_back(org, deployer):
     client = client_for(org, deployer)
     me = client.who_am_i()
     role_id = client.query("roles", select=["roleid"],
@@ -437,7 +437,7 @@ def test_short_lived_tokens_are_renewed_before_they_expire(sandbox, org, deploye
     assert 3 <= token_requests(sandbox, info["admin_client_id"], mark) <= 6
 
 
-def test_debug_log_shows_requests_but_no_token_or_secret(sandbox, org, deployer, caplog):
+def test_debug_log_shows_requests_but_no_token_or_secret(org, deployer, caplog):
     client = client_for(org, deployer)
     with caplog.at_level(logging.DEBUG, logger="dynamics_provider"):
         client.who_am_i()

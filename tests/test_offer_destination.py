@@ -164,7 +164,7 @@ def test_api_validation_errors_are_surfaced_with_the_secret_redacted(
     assert remote(sandbox, guid)["customerLeads"] is None
 
 
-def test_unknown_offer_and_office365_secret_path(
+def test_unknown_offer_is_refused_and_an_office365_password_is_set_and_its_change_diffs(
     sandbox: Any, provider: OfferLeadDestinationProvider, offer: tuple[str, str], org: str
 ) -> None:
     with pytest.raises(ResourceOperationError, match="no product with external id 'no-such-offer'"):

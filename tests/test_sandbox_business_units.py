@@ -85,7 +85,7 @@ def test_set_business_system_user_reassigns_owned_leads_to_the_principal(sandbox
     (None, {"BusinessUnit": "not-an-entity"}, "BusinessUnit"),
     (None, {"DoNotMoveAllRecords": "yes"}, "Edm.Boolean"),
 ])
-def test_set_business_system_user_refuses_bad_parameters(sandbox, org, deployer, drop, extra, fragment):
+def test_set_business_system_user_refuses_bad_parameters(org, deployer, drop, extra, fragment):
     client = _admin(org, deployer)
     who = client.get("WhoAmI")
     body = {k: v for k, v in _move_body(who["BusinessUnitId"], who["UserId"]).items() if k != drop}
@@ -94,7 +94,7 @@ def test_set_business_system_user_refuses_bad_parameters(sandbox, org, deployer,
     assert err.value.status == 400 and fragment in err.value.message
 
 
-def test_set_business_system_user_unknown_unit_or_user_is_404(sandbox, org, deployer):
+def test_set_business_system_user_unknown_unit_or_user_is_404(org, deployer):
     client = _admin(org, deployer)
     who = client.get("WhoAmI")
     missing = str(uuid.uuid4())

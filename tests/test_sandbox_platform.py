@@ -362,7 +362,7 @@ def _https(sandbox):
 
 
 def test_keep_alive_serves_many_requests_with_bodies_on_one_connection_each_with_content_length(
-        sandbox, control, org):
+        sandbox, org):
     api = f"/orgs/{org.rsplit('/', 1)[-1]}/api/data/v9.2/"
     auth = bearer(sandbox, org)
     conn = _https(sandbox)
@@ -393,7 +393,7 @@ def test_keep_alive_serves_many_requests_with_bodies_on_one_connection_each_with
         conn.close()
 
 
-def test_keep_alive_fault_answers_have_content_length_and_connection_close_is_honoured(sandbox, control, org):
+def test_keep_alive_fault_answers_have_content_length_and_connection_close_is_honoured(sandbox, control):
     conn = _https(sandbox)
     try:
         control.add_fault(path="/rp/product-ingestion/product$", status=429, retry_after=1, count=1)
