@@ -280,7 +280,8 @@ class DataverseResourceProvider(ResourceProvider):
         return DeployerSettings.from_sources(config)
 
     def client(self, instance_url: str, tokens: Any = None) -> Any:
-        """The process-wide DataverseClient for an organization (cached by the client module)."""
+        """The DataverseClient for an organization: the deploying identity's is process-wide (cached by
+        the client module); one for other `tokens` (a lead writer's) is new on each call."""
         from dynamics_provider.client import DataverseClient
 
         return DataverseClient.for_instance(instance_url, self.settings, tokens=tokens)

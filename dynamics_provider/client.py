@@ -470,18 +470,15 @@ class DataverseClient(ApiClient):
     def create(self, entity_set: str, body: dict) -> str:
         """POST a record; its id from OData-EntityId (or the body). AmbiguousWriteError if the outcome is unknown."""
         response = self.request("POST", entity_set, json=body, idempotent=False)
-        entity_id = response.headers.get("OData-EntityId", "")
-        match = _ENTITY_ID.search(entity_id)
-        if match:
-            return match.group(1).lower()
+        entity_id = _entity_id(response)
+        if entity_id:
+            return entity_id
         if response.content:
             record = response.json()
             for key, value in record.items():
                 if key.endswith("id") and isinstance(value, str) and _GUID.match(value):
                     return value.lower()
-        raise DataverseError(response.status_code, None, "created, but the answer carried no record id",
-                             method="POST", path=entity_set,
-                             hint="Look the record up by its natural key")
+        raise _no_record_id(response, entity_set)
 
     def create_record(self, entity_set: str, body: dict, select: Sequence[str]) -> dict:
         """POST a record with `Prefer: return=representation`: the created row (selected columns) in
@@ -491,11 +488,10 @@ class DataverseClient(ApiClient):
         if response.status_code == 201 and response.content:
             return response.json()
         # a server that ignored the preference answered 204: read the row it names
-        match = _ENTITY_ID.search(response.headers.get("OData-EntityId", ""))
-        if not match:
-            raise DataverseError(response.status_code, None, "created, but the answer carried no record id",
-                                 method="POST", path=entity_set, hint="Look the record up by its natural key")
-        return self.get(f"{entity_set}({match.group(1).lower()})", {"$select": ",".join(select)})
+        entity_id = _entity_id(response)
+        if not entity_id:
+            raise _no_record_id(response, entity_set)
+        return self.get(f"{entity_set}({entity_id})", {"$select": ",".join(select)})
 
     def settle(self, lookup: Callable[[], Any], exc: AmbiguousWriteError) -> Any:
         """After an ambiguous write: the lookup's answer. When the write went unanswered (it may still
@@ -573,6 +569,17 @@ class DataverseClient(ApiClient):
 
     def who_am_i(self) -> dict:
         return self.function("WhoAmI")
+
+
+def _entity_id(response: requests.Response) -> str | None:
+    """The created record's id from the OData-EntityId header, or None."""
+    match = _ENTITY_ID.search(response.headers.get("OData-EntityId", ""))
+    return match.group(1).lower() if match else None
+
+
+def _no_record_id(response: requests.Response, entity_set: str) -> DataverseError:
+    return DataverseError(response.status_code, None, "created, but the answer carried no record id",
+                          method="POST", path=entity_set, hint="Look the record up by its natural key")
 
 
 def _parse_batch_response(response: requests.Response) -> list[tuple[int, str]]:
