@@ -19,6 +19,7 @@ import yaml
 
 from dynamics_provider.base import EMAIL_RE as _EMAIL
 from dynamics_provider.base import GUID_RE as _GUID
+from dynamics_provider.hosts import validate_authority_host
 from dynamics_provider.role_privileges import DEPTHS
 from dynamics_provider.role_privileges import PRIVILEGE_NAME_RE as _PRIVILEGE
 
@@ -297,6 +298,12 @@ def parse_settings(
     authority_host = r.string("authorityHost", get("authorityHost", _UNSET))
     if authority_host is not None and not _HOST_PORT.match(authority_host):
         r.fail("authorityHost", authority_host, "a host name with an optional port, e.g. login.microsoftonline.com")
+    elif authority_host is not None:
+        try:
+            validate_authority_host(authority_host, allow_loopback=bool(allow_loopback))
+        except ValueError:
+            r.fail("authorityHost", authority_host, "an Entra login host (e.g. login.microsoftonline.us), or a "
+                   "loopback host with allowLoopback true (sandbox); unset, the cloud's login host is used")
     timeout = get("requestTimeoutSeconds", _UNSET)
     if timeout not in (_UNSET, None, ""):
         try:

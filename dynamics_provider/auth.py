@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from .errors import AuthenticationError
 from .hosts import authority_host as cloud_authority_host
-from .hosts import normalize_cloud
+from .hosts import normalize_cloud, validate_authority_host
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +166,11 @@ class DeployerSettings:
         return None
 
     def resolved_authority_host(self) -> str:
-        host = self.authority_host or cloud_authority_host(self.cloud)
-        return host.removeprefix("https://").rstrip("/")
+        """The cloud's Entra login host, or the override once it is proven to be one (or an opted-in
+        loopback sandbox host): the deploying identity's credential never goes anywhere else."""
+        if self.authority_host:
+            return validate_authority_host(self.authority_host, allow_loopback=self.allow_loopback)
+        return cloud_authority_host(self.cloud)
 
     def authority(self, tenant_id: str | None = None) -> str:
         tenant = tenant_id or self.tenant_id or "organizations"
@@ -175,7 +178,11 @@ class DeployerSettings:
 
     def describe(self) -> str:
         kind = self.credential_kind
-        where = f"tenant {self.tenant_id or '(not set)'} via {self.resolved_authority_host()} (cloud {self.cloud})"
+        try:
+            login = self.resolved_authority_host()
+        except ValueError:
+            login = "a refused authorityHost"
+        where = f"tenant {self.tenant_id or '(not set)'} via {login} (cloud {self.cloud})"
         if kind == "certificate":
             return f"client certificate {self.certificate_path} for app {self.client_id}, {where}"
         if kind == "client_secret":

@@ -27,6 +27,10 @@ class InvalidInstanceUrl(LeadDestinationError, ValueError):
     """The instance URL is not a Dynamics 365 host of the configured cloud (refused before any token)."""
 
 
+class InvalidAuthorityHost(LeadDestinationError, ValueError):
+    """The authority host override is not an Entra login host (refused before any credential is sent)."""
+
+
 class AuthenticationError(LeadDestinationError):
     """Entra refused to issue a token (or no credential is configured).
 

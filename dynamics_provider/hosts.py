@@ -8,7 +8,7 @@ import ipaddress
 import re
 from urllib.parse import urlsplit
 
-from .errors import InvalidInstanceUrl
+from .errors import InvalidAuthorityHost, InvalidInstanceUrl
 
 CLOUDS = ("public", "usgovernment", "dod", "china")
 
@@ -85,6 +85,34 @@ def authority_host(cloud: str) -> str:
 def graph_resource(cloud: str) -> str:
     """Microsoft Graph resource (token audience) of a cloud, e.g. https://graph.microsoft.com."""
     return _GRAPH[normalize_cloud(cloud)]
+
+
+# Entra login hosts a credential may be sent to: each cloud's, plus Microsoft's documented aliases.
+ENTRA_LOGIN_HOSTS = frozenset({*_AUTHORITY_HOSTS.values(), "login.microsoft.com", "login.windows.net",
+                               "sts.windows.net", "login.partner.microsoftonline.cn"})
+
+
+def validate_authority_host(host: str, *, allow_loopback: bool = False) -> str:
+    """An authority host override (`host[:port]`) that may receive the deploying identity's credential:
+    an Entra login host, or — only with the sandbox opt-in — a loopback host. Normalized, lower case."""
+    value = (host or "").strip().removeprefix("https://").rstrip("/").lower()
+    parts = urlsplit(f"https://{value}")
+    if parts.path or parts.query or parts.fragment or parts.username or not parts.hostname:
+        raise InvalidAuthorityHost(
+            f"authorityHost {host!r} is not a host name; expected e.g. login.microsoftonline.com",
+            hint="set lead-destination:authorityHost to a host (and optional port) only, or leave it unset",
+        )
+    if parts.hostname in ENTRA_LOGIN_HOSTS and parts.port in (None, 443):
+        return parts.hostname
+    if allow_loopback and is_loopback_host(parts.hostname):
+        return value
+    accepted = ", ".join(sorted(ENTRA_LOGIN_HOSTS))
+    raise InvalidAuthorityHost(
+        f"authorityHost {host!r} is not an Entra login host, so no credential is sent to it; accepted: {accepted}"
+        + (" or a loopback host (sandbox)" if allow_loopback else ""),
+        hint="leave lead-destination:authorityHost unset to use the cloud's login host "
+        "(lead-destination:cloud); a loopback host needs lead-destination:allowLoopback true (sandbox only)",
+    )
 
 
 def is_loopback_host(host: str) -> bool:

@@ -183,7 +183,8 @@ def test_federated_token_from_the_environment_variable(sandbox, org):
     assertion = sandbox.control.federated_token(subject=subject)
     info = sandbox.info
     settings = DeployerSettings.from_sources(
-        {"lead-destination:authorityHost": info["authority_host"], "lead-destination:caBundle": info["ca_bundle"]},
+        {"lead-destination:authorityHost": info["authority_host"], "lead-destination:caBundle": info["ca_bundle"],
+         "lead-destination:allowLoopback": "true"},
         environ={"ARM_TENANT_ID": info["tenant_id"], "ARM_CLIENT_ID": client_id, "ARM_OIDC_TOKEN": assertion},
     )
     assert settings.credential_kind == "federated_token"

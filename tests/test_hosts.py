@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import pytest
 
-from dynamics_provider.errors import InvalidInstanceUrl, LeadDestinationError
+from dynamics_provider.auth import DeployerSettings
+from dynamics_provider.errors import InvalidAuthorityHost, InvalidInstanceUrl, LeadDestinationError
 from dynamics_provider.hosts import (
     CLOUDS,
     authority_host,
     graph_resource,
+    validate_authority_host,
     validate_instance_url,
 )
 
@@ -124,3 +126,43 @@ def test_unknown_cloud_is_refused_listing_the_clouds():
 def test_each_cloud_maps_to_its_authority_host_and_graph_resource(cloud, login, graph):
     assert authority_host(cloud) == login
     assert graph_resource(cloud) == graph
+
+
+AUTHORITY_ACCEPTED = [
+    ("login.microsoftonline.com", False, "login.microsoftonline.com"),
+    ("https://login.microsoftonline.us/", False, "login.microsoftonline.us"),
+    ("LOGIN.CHINACLOUDAPI.CN", False, "login.chinacloudapi.cn"),
+    ("login.microsoftonline.com:443", False, "login.microsoftonline.com"),
+    ("127.0.0.1:48443", True, "127.0.0.1:48443"),
+    ("localhost:8443", True, "localhost:8443"),
+]
+AUTHORITY_REFUSED = [
+    ("evil.example.com", False),
+    ("login.microsoftonline.com.evil.example", False),
+    ("login.microsoftonline.com:8443", False),
+    ("127.0.0.1:48443", False),  # loopback without the sandbox opt-in
+    ("login.microsoftonline.com/tenant", False),
+    ("user@login.microsoftonline.com", False),
+    ("10.0.0.5", True),  # private, not loopback: never
+]
+
+
+@pytest.mark.parametrize(("host", "loopback", "normalized"), AUTHORITY_ACCEPTED)
+def test_authority_host_override_accepts_entra_login_hosts_and_opted_in_loopback(host, loopback, normalized):
+    assert validate_authority_host(host, allow_loopback=loopback) == normalized
+
+
+@pytest.mark.parametrize(("host", "loopback"), AUTHORITY_REFUSED)
+def test_authority_host_override_elsewhere_is_refused_before_any_credential_is_sent(host, loopback):
+    with pytest.raises(InvalidAuthorityHost) as caught:
+        validate_authority_host(host, allow_loopback=loopback)
+    assert "login.microsoftonline.com" in str(caught.value)  # says what is accepted
+
+
+def test_deployer_settings_refuse_a_foreign_authority_host_instead_of_sending_the_secret_there():
+    settings = DeployerSettings(tenant_id="00000000-0000-0000-0000-000000000001", client_id="x",
+                                client_secret="never-sent-anywhere", authority_host="login.evil.example")
+    with pytest.raises(InvalidAuthorityHost) as caught:
+        settings.authority()
+    assert "never-sent-anywhere" not in str(caught.value)
+    assert "refused authorityHost" in settings.describe()

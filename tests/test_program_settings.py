@@ -129,6 +129,8 @@ ERROR_CASES = {
     "request timeout zero": ({"requestTimeoutSeconds": "0"}, "requestTimeoutSeconds = '0': expected a number of seconds, more than 0 and at most 3600"),
     "request timeout text": ({"requestTimeoutSeconds": "a minute"}, "requestTimeoutSeconds = 'a minute': expected a number of seconds"),
     "offer unknown field": ({"offer": {"offerId": "contoso-lead-offer"}}, "offer.offerId = 'contoso-lead-offer': expected no such key"),
+    "authority host not entra": ({"authorityHost": "login.evil.example"}, "authorityHost = 'login.evil.example': expected an Entra login host"),
+    "loopback authority without opt-in": ({"authorityHost": "127.0.0.1:48443"}, "authorityHost = '127.0.0.1:48443': expected an Entra login host"),
 }  # fmt: skip
 
 
