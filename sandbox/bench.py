@@ -7,7 +7,6 @@ The critical-path model (what no client can avoid on the longest dependency chai
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +15,7 @@ from typing import Any
 
 from sandbox.rehearsal import Rehearsal, RunResult
 from sandbox.solution_zip import build_solution_zip
-from sandbox.testing import stack_config, start_sandbox
+from sandbox.testing import dev_stack_rehearsal, start_sandbox
 
 REPO = Path(__file__).resolve().parent.parent
 COMMAND = "make bench   (= .venv/bin/python -m sandbox bench --fleet 50 --latency-ms 100)"
@@ -116,9 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         control = sb.control
 
         def rehearsal(org_url: str, name: str) -> Rehearsal:
-            ov = stack_config(sb.info, org_url)
-            ov["lead-destination:solution"] = json.dumps({"path": str(zip_path)})
-            return Rehearsal(REPO, "dev", tmp / f"{name}.json", ov, key_path=tmp / "key")
+            return dev_stack_rehearsal(sb.info, org_url, solution_zip=zip_path, state_path=tmp / f"{name}.json",
+                                       key_path=tmp / "key")
 
         def failed(label: str, result: RunResult) -> None:
             if not result.ok:

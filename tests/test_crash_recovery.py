@@ -16,7 +16,7 @@ import pytest
 
 from sandbox.rehearsal import Rehearsal
 from sandbox.solution_zip import build_solution_zip
-from sandbox.testing import stack_config
+from sandbox.testing import dev_stack_rehearsal
 
 REPO = Path(__file__).resolve().parent.parent
 ROLE = "Microsoft Marketplace Lead Writer"
@@ -104,9 +104,8 @@ def stack(sandbox, org, tmp_path):
         zips[version].write_bytes(build_solution_zip(version))
 
     def rehearsal(version: str = "1.0.0.0") -> Rehearsal:
-        overrides = stack_config(sandbox.info, org)
-        overrides["lead-destination:solution"] = json.dumps({"path": str(zips[version])})
-        return Rehearsal(REPO, "dev", tmp_path / "state.json", overrides, key_path=tmp_path / "key")
+        return dev_stack_rehearsal(sandbox.info, org, solution_zip=zips[version], state_path=tmp_path / "state.json",
+                                   key_path=tmp_path / "key")
 
     def run(verb: str = "up", refresh: bool = False, version: str = "1.0.0.0"):
         return rehearsal(version).run(verb, refresh=refresh)

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sandbox.rehearsal import Rehearsal
 from sandbox.solution_zip import build_solution_zip
-from sandbox.testing import stack_config
+from sandbox.testing import dev_stack_rehearsal
 
 REPO = Path(__file__).resolve().parent.parent
 ROLE = "Microsoft Marketplace Lead Writer"
@@ -29,10 +28,9 @@ def stack(sandbox, org, tmp_path):
         zips[version].write_bytes(build_solution_zip(version))
 
     def run(verb="up", version="1.0.0.0", refresh=False, **extra):
-        overrides = stack_config(sandbox.info, org)
-        overrides["lead-destination:solution"] = json.dumps({"path": str(zips[version])})
-        overrides.update({f"lead-destination:{k}": v for k, v in extra.items()})
-        reh = Rehearsal(REPO, "dev", tmp_path / "state.json", overrides, key_path=tmp_path / "key")
+        reh = dev_stack_rehearsal(sandbox.info, org, solution_zip=zips[version], state_path=tmp_path / "state.json",
+                                  key_path=tmp_path / "key",
+                                  config={f"lead-destination:{k}": v for k, v in extra.items()})
         return reh.run(verb, refresh=refresh)
 
     run.org = org.rstrip("/").rsplit("/", 1)[-1]
