@@ -231,6 +231,7 @@ class ApiClient:
         deadline = started + policy.max_total_seconds
         attempt = 0
         refreshed = False
+        maybe_applied = False  # an earlier attempt may have reached the server and been applied
         while True:
             self._wait_for_gate()
             attempt += 1
@@ -244,6 +245,7 @@ class ApiClient:
                 )
             except requests.RequestException as exc:
                 not_sent = _surely_not_sent(exc)
+                maybe_applied = maybe_applied or not not_sent
                 log.debug("%s %s attempt %d: %s (%s)", method, shown, attempt, type(exc).__name__,
                           "not sent" if not_sent else "sent, no answer")
                 if not not_sent and not idempotent:
@@ -276,6 +278,7 @@ class ApiClient:
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 surely_not_processed = response.status_code == 429 or (
                     response.status_code == 503 and retry_after is not None)
+                maybe_applied = maybe_applied or not surely_not_processed
                 if not idempotent and not surely_not_processed:
                     code, message = _error_details(response)
                     raise AmbiguousWriteError(
@@ -302,6 +305,10 @@ class ApiClient:
                     time.sleep(wait)
                 continue
 
+            if response.status_code == 404 and method == "DELETE" and maybe_applied:
+                # the earlier, unanswered DELETE did its work: what we asked for is true
+                log.debug("%s %s -> 404 after an unanswered attempt: already deleted", method, shown)
+                return response
             if response.status_code >= 400:
                 code, message = _error_details(response)
                 raise error_class(response.status_code, code)(

@@ -314,12 +314,28 @@ class SandboxApp:
             latency = int(self.settings.latency_ms or 0)
             if latency:
                 time.sleep(latency / 1000)
-            return target.handle(request, caller, subpath)
+            response = target.handle(request, caller, subpath)
         finally:
             with self._lock:
                 self._inflight[key] -= 1
                 if (self.settings.throttle or {}).get("max_execution_ms") is not None:
                     self._execution.setdefault(key, deque()).append((time.time(), (time.monotonic() - began) * 1000))
+        return self._answer_after_fault(entry, response)
+
+    @staticmethod
+    def _answer_after_fault(entry: dict[str, Any], response: Response) -> Response:
+        """A fault rule with `after`: the request was processed; now hold its answer (latency) or drop the
+        connection (reset) — the ambiguity that matters most: the write happened, the client cannot know."""
+        after = entry.get("fault_after")
+        if not after:
+            return response
+        entry["fault_after"] = True
+        entry["applied_status"] = response.status_code
+        if after.get("latency_ms"):
+            time.sleep(int(after["latency_ms"]) / 1000)
+        if after.get("reset"):
+            raise _ResetConnection()
+        return response
 
     def _unauthenticated(self, entry: dict[str, Any], audience: str, problem: str) -> Response:
         """401. Dataverse answers with an empty body and a bearer challenge naming the authority and the
@@ -420,6 +436,10 @@ class SandboxApp:
             if rule["remaining"] <= 0:
                 self._faults.remove(rule)
         entry["fault"] = rule["id"]
+        if rule.get("after"):
+            # the write lands, then its answer is held or lost: applied by _answer_after_fault
+            entry["fault_after"] = {k: rule.get(k) for k in ("latency_ms", "reset")}
+            return None
         if rule.get("latency_ms"):
             time.sleep(int(rule["latency_ms"]) / 1000)
         if rule.get("reset"):
@@ -458,7 +478,7 @@ class SandboxApp:
             return Response(status=204)
         if sub == "faults" and method == "POST":
             rule = {k: body.get(k) for k in ("method", "path", "status", "retry_after", "retry_after_http_date",
-                                             "latency_ms", "reset", "org", "code", "message")}
+                                             "latency_ms", "reset", "after", "org", "code", "message")}
             if rule["path"]:
                 re.compile(rule["path"])  # re.error is a ValueError → 400
             count = int(body.get("count") or 1)

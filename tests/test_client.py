@@ -340,6 +340,31 @@ def test_ambiguous_create_is_not_replayed(sandbox, org, deployer):
     assert len(requests_to(sandbox, org, "POST", "/leads", since=mark)) == 1
 
 
+def test_a_create_applied_whose_answer_is_lost_is_ambiguous_and_the_row_exists(sandbox, org, deployer):
+    client = client_for(org, deployer)
+    client.who_am_i()
+    mark = log_mark(sandbox)
+    body = lead(leadid=str(uuid.uuid4()))
+    sandbox.control.add_fault(method="POST", path="/leads$", reset=True, after=True, org=org_name(org))
+    with pytest.raises(AmbiguousWriteError):
+        client.create("leads", body)
+    posts = requests_to(sandbox, org, "POST", "/leads", since=mark)
+    assert len(posts) == 1 and posts[0]["applied_status"] == 204  # landed, answer dropped, not replayed
+    assert client.get(f"leads({body['leadid']})", {"$select": "leadid"})["leadid"] == body["leadid"]
+
+
+def test_a_delete_resent_after_its_answer_was_lost_treats_not_found_as_done(sandbox, org, deployer):
+    client = client_for(org, deployer)
+    lead_id = client.create("leads", lead())
+    mark = log_mark(sandbox)
+    sandbox.control.add_fault(method="DELETE", path=r"/leads\(", reset=True, after=True, org=org_name(org))
+    client.delete("leads", lead_id)  # the first DELETE landed; the resend finds nothing and that is success
+    deletes = requests_to(sandbox, org, "DELETE", f"/leads({lead_id})", since=mark)
+    assert [e.get("applied_status", e["status"]) for e in deletes] == [204, 404]
+    with pytest.raises(NotFound):
+        client.delete("leads", lead_id)  # without an unanswered attempt, a 404 still says "not there"
+
+
 def test_create_record_returns_the_row_in_the_same_answer(sandbox, org, deployer):
     client = client_for(org, deployer)
     client.who_am_i()

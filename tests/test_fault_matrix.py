@@ -25,11 +25,13 @@ WRITES = {
     "association": ("POST", r"/systemuserroles_association/\$ref$"),
     "privileges": ("POST", r"/Microsoft\.Dynamics\.CRM\.AddPrivilegesRole$"),
     "lead": ("POST", r"/leads$"),
+    "lead cleanup": ("DELETE", r"/leads\("),
 }
 FAULTS = {
     "429": {"status": 429, "retry_after": 1},
     "503": {"status": 503},
     "reset": {"reset": True},
+    "lost answer": {"reset": True, "after": True},  # processed, then the connection dropped
     "timeout": {"latency_ms": (TIMEOUT_SECONDS + 1) * 1000},  # processed after the client stopped waiting
 }
 GRANT = [{"name": "prvCreateLead", "depth": "Global"}, {"name": "prvReadAsyncOperation", "depth": "Global"}]
@@ -78,11 +80,13 @@ def test_a_fault_at_each_write_converges_in_one_up_without_duplicates(sandbox, o
         time.sleep(TIMEOUT_SECONDS)  # let a late duplicate, if any was sent, land before counting
     hits = injected(sandbox, org_name, rule)
     assert len(hits) == 1 and hits[0]["method"] == method, "the fault was injected exactly once"
-    expected_status = {"429": 429, "503": 503, "reset": 0}.get(fault)
+    expected_status = {"429": 429, "503": 503, "reset": 0, "lost answer": 0}.get(fault)
     if expected_status is not None:
         assert hits[0]["status"] == expected_status
-    else:  # the slow answer was still processed by the server, after the client had stopped waiting
-        assert hits[0]["status"] < 400 and hits[0]["duration_ms"] >= TIMEOUT_SECONDS * 1000
+    else:  # the slow request was still processed by the server, after the client had stopped waiting;
+        # an idempotent DELETE was resent meanwhile, so the late original finds the lead gone (404)
+        assert hits[0]["duration_ms"] >= TIMEOUT_SECONDS * 1000
+        assert hits[0]["status"] < 400 or (method == "DELETE" and hits[0]["status"] == 404)
     state = sandbox.control.state(org)
     assert len([u for u in state["systemusers"] if u.get("applicationid") == app_id]) == 1
     assert len([a for a in state["assignments"] if a["systemuserid"] == user_id]) == 1
@@ -104,3 +108,23 @@ def test_an_unanswered_import_is_recovered_by_its_import_job_without_a_second_im
     assert len(imports) == 1, "the import was not sent a second time"
     solutions = [s for s in sandbox.control.state(org)["solutions"] if s["solutionid"] == created.id]
     assert len(solutions) == 1 and created.outs["version"] == "1.0.0.0" and created.outs["adopted"] is False
+
+
+@pytest.mark.parametrize("fault", [
+    pytest.param(f, marks=pytest.mark.heavy) if f == "timeout" else f for f in FAULTS])
+def test_a_fault_on_the_import_request_converges_with_exactly_one_import_applied(sandbox, org, tmp_path, fault):
+    zip_path = tmp_path / "s.zip"
+    zip_path.write_bytes(build_solution_zip("1.0.0.0"))
+    org_name = org.rstrip("/").rsplit("/", 1)[-1]
+    rule = sandbox.control.add_fault(method="POST", path=r"/ImportSolutionAsync$", org=org_name, count=1,
+                                     **FAULTS[fault])
+    p = configured(SolutionImportProvider, sandbox, org, TIMEOUT_SECONDS if fault == "timeout" else None)
+    created = p.create(p.check({}, {"instance_url": org, "source_path": str(zip_path)}).inputs)
+    if fault == "timeout":
+        time.sleep(TIMEOUT_SECONDS)  # a late duplicate, if one was sent, lands before counting
+    assert len(injected(sandbox, org_name, rule)) == 1, "the fault was injected exactly once"
+    state = sandbox.control.state(org)
+    assert [s["version"] for s in state["solutions"] if s["solutionid"] == created.id] == ["1.0.0.0"]
+    applied = [job for job in state["importjobs"] if job.get("solutionname") == created.outs["unique_name"]]
+    assert len(applied) == 1, f"one import applied, not {len(applied)}"
+    assert created.outs["adopted"] is False
