@@ -233,6 +233,7 @@ def test_provider_killed_right_after_the_upgrade_request_then_up_completes_it_on
     assert converged["user"]["systemuserid"] == user_id
     assert again.outputs["solutionVersion"] == "1.1.0.0"
     assert [s.name for s in again.ops("replace")] == ["dev-dynamics-check"], "the upgraded chain is re-validated"
-    assert again.outputs["validatedAt"] != first.outputs["validatedAt"]
+    assert [e for e in org_writes(sandbox, stack.org, since) if e["method"] == "POST" and e["path"].endswith("/leads")], \
+        "a fresh validation lead proves the upgraded chain"
     third = stack(refresh=True, version="1.1.0.0")
     assert third.ok and third.changes() == [], third.text

@@ -49,16 +49,28 @@ def assigned(state, user_id):
     return user_id in json.dumps(state.get("assignments", []))
 
 
+def log_mark(sandbox):
+    return max((e["seq"] for e in sandbox.control.log()), default=0)
+
+
+def validation_leads_since(sandbox, stack, mark):
+    """Test leads written into the organization after `mark` (validatedAt has one-second resolution,
+    so two validations in the same second are told apart by the sandbox log, not by the output)."""
+    return [e for e in sandbox.control.log(since=mark) if e.get("org") == stack.org and e["method"] == "POST"
+            and e["path"].endswith("/leads") and e["status"] in (201, 204)]
+
+
 def test_upgrade_from_1_0_to_1_1_uses_the_upgrade_path_and_keeps_the_users_assignment(sandbox, stack):
     first = stack()
     assert first.ok, first.text
     user_id = first.outputs["applicationUserId"]
+    mark = log_mark(sandbox)
     upgrade = stack(version="1.1.0.0")
     assert upgrade.ok, upgrade.text
     assert [s.name for s in upgrade.ops("update")] == ["dev-dynamics-solution"]
     assert [s.name for s in upgrade.ops("replace")] == ["dev-dynamics-check"], "the upgraded chain is re-validated"
     assert upgrade.ops("delete") == []
-    assert upgrade.outputs["validatedAt"] != first.outputs["validatedAt"]
+    assert len(validation_leads_since(sandbox, stack, mark)) == 1, "a fresh validation lead proves the upgraded chain"
     state = dump(sandbox, stack)
     assert any(s.get("version") == "1.1.0.0" for s in state["solutions"])
     assert assigned(state, user_id)
@@ -100,12 +112,13 @@ def test_each_drift_edit_is_shown_by_preview_and_repaired_by_up(sandbox, stack, 
             assert step.details and all("[unknown]" in d for d in step.details), preview.text
     if action != "remove_role":
         assert any(d.endswith("(restores)") for d in planned[resource].details), preview.text
+    mark = log_mark(sandbox)
     repair = stack("up", refresh=True)
     assert repair.ok, repair.text
     repaired = {s.name for s in repair.changes() if not s.op.startswith("refresh")}
     assert repaired == {resource, "dev-dynamics-check"}, repair.text
     assert [s.name for s in repair.ops("replace")] == ["dev-dynamics-check"], "a repaired chain is re-validated"
-    assert repair.outputs["validatedAt"] != first.outputs["validatedAt"]
+    assert len(validation_leads_since(sandbox, stack, mark)) == 1, "a fresh validation lead proves the repair"
     assert dump(sandbox, stack)["leads"] == [], "the validation lead is deleted"
     state = dump(sandbox, stack)
     user = next(u for u in state["systemusers"] if u["systemuserid"] == user_id)
