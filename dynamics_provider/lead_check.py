@@ -155,12 +155,11 @@ class LeadWriteCheckProvider(DataverseResourceProvider):
         from dynamics_provider.auth import client_secret_tokens, password_tokens
 
         settings = self.settings
+        authority = settings.authority(inputs.get("tenant_id"))
         if inputs.get("client_id"):
-            authority = settings.authority(inputs.get("tenant_id"))
             return client_secret_tokens(authority, inputs["client_id"], inputs["client_secret"],
                                         ca_bundle=settings.ca_bundle)
-        return password_tokens(settings.authority(inputs.get("tenant_id")), inputs["username"], inputs["password"],
-                               ca_bundle=settings.ca_bundle)
+        return password_tokens(authority, inputs["username"], inputs["password"], ca_bundle=settings.ca_bundle)
 
     def _write(self, inputs: dict[str, Any], admin: Any, writer: Any, lead: dict[str, str], subject: str) -> str:
         """Create the lead as the lead writer; on failure, diagnose which link of the chain broke."""

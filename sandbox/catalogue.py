@@ -116,11 +116,6 @@ def find(name: str) -> Privilege | None:
     return PRIVILEGES.get(name.lower())
 
 
-def privilege_for(verb: str, entity: str) -> Privilege:
-    ent = ENTITY_BY_NAME[entity]
-    return PRIVILEGES[f"prv{verb}{ent.privilege_suffix}".lower()]
-
-
 # The privileges of the procedure's two grants (procedure.md step 3), with the depth it sets.
 PROCEDURE_GRANTS: tuple[tuple[str, str], ...] = (
     ("prvCreateUserEntityUISettings", "Basic"),

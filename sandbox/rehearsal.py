@@ -641,7 +641,7 @@ class _ProgramDirs:
                 elif self.path_refs[entry]:
                     self.path_refs[entry] += 1
 
-    def leave(self, project_dir: Path, paths: list[str]) -> None:
+    def leave(self, paths: list[str]) -> None:
         with self.cond:
             for entry in paths:
                 refs = self.path_refs.get(entry, 0)
@@ -785,7 +785,7 @@ class Rehearsal:
                     outputs[name] = Secret(val) if secret else _from_wire(val)
                 box["outputs"] = outputs
             finally:
-                _PROGRAM_DIRS.leave(self.project_dir, extra)
+                _PROGRAM_DIRS.leave(extra)
                 loop.close()
                 executor.shutdown(wait=False)
 
