@@ -1,27 +1,31 @@
-# One entry point per job. Every target creates .venv itself from the pinned requirement files.
+# One entry point per job. Every target creates .venv itself from the pinned requirement files, and the
+# ones that run the Pulumi CLI build it first (tools/pulumi/build.sh: pinned Go modules -> .tools/bin).
 PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench lint sandbox clean
+.PHONY: demo test test-fast bench lint sandbox pulumi clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
 	touch $(STAMP)
 
-demo: $(STAMP)        ## the main job: the dev stack against the local sandbox
-	$(PY) -m sandbox demo
+pulumi:               ## the Pulumi CLI + Python language host in .tools/bin (rebuilt only when a pin changes)
+	tools/pulumi/build.sh
 
-test: $(STAMP)        ## the whole suite, heavy matrices included
+demo: $(STAMP) pulumi ## the main job: the dev stack against the local sandbox, through .tools/bin/pulumi
+	$(PY) -m tools.demo
+
+test: $(STAMP) pulumi ## the whole suite, heavy matrices included
 	$(PY) -m pytest -n 2 -q
 
-test-fast: $(STAMP)   ## the suite without the heavy matrices
+test-fast: $(STAMP) pulumi ## the suite without the heavy matrices
 	$(PY) -m pytest -n 2 -q -m "not heavy"
 
-bench: $(STAMP)       ## performance figures against design.md's targets
-	$(PY) -m sandbox bench
+bench: $(STAMP) pulumi ## performance figures against design.md's targets
+	$(PY) -m tools.bench
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
@@ -30,4 +34,4 @@ sandbox: $(STAMP)     ## serve the sandbox in the foreground on the default port
 	$(PY) -m sandbox serve
 
 clean:
-	rm -rf $(VENV) .sandbox .rehearsal .pytest_cache
+	rm -rf $(VENV) .sandbox .pulumi-state .pulumi-home .pytest_cache .tools
