@@ -91,15 +91,21 @@ class DynamicsLeadWriter(pulumi.ComponentResource):
                 # A user needs no solution: it is created alongside the import, as the engine would.
                 opts=after(extra=identity.depends_on),
             )
-            self.user_id = self.application_user.systemuser_id
+            # The resource id (= systemuserid) stays known while an update of the user is previewed; its
+            # outputs do not, and an unknown `user_id` would preview the role assignment as a replacement
+            # that `up` never makes.
+            self.user_id = self.application_user.id
         else:
             self.user_id = pulumi.Output.from_input(identity.systemuser_id)
 
         user_deps = [self.application_user] if self.application_user else list(identity.depends_on or [])
         role_opts = after(self.solution, extra=user_deps)
         if self.application_user is not None:
-            # Dataverse drops a user's roles when it moves to another business unit: assign again after a move.
-            role_opts.replacement_trigger = self.application_user.business_unit_id
+            # Dataverse drops a user's roles when it moves to another business unit: assign again when the
+            # configured business unit changes. The trigger is the setting (known in preview), not the user's
+            # business_unit_id output (unknown while the user's update is previewed). A move made by hand
+            # needs no trigger: refresh finds the association gone and `up` creates it again.
+            role_opts.replacement_trigger = settings.business_unit or ""
         self.role_assignment = dp.SecurityRoleAssignment(
             f"{name}-role",
             instance_url=url,
