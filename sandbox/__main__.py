@@ -1,4 +1,4 @@
-"""`python -m sandbox <command>`: serve, build-solution, rehearse, demo, bench.
+"""`python -m sandbox <command>`: serve, build-solution (the emulator of Microsoft's cloud; demo and bench are in tools/).
 
 Owns only the command table; each command's `main` lives in the module the table names.
 """
@@ -9,9 +9,6 @@ from importlib import import_module
 COMMANDS = {
     "serve": ("sandbox.server", "Serve Entra + Dataverse + Partner Center over HTTPS until interrupted"),
     "build-solution": ("sandbox.solution_zip", "Write a representative Lead Writer managed solution zip"),
-    "rehearse": ("sandbox.rehearsal", "Run preview/up/refresh/destroy of a stack without the Pulumi CLI"),
-    "demo": ("sandbox.demo", "The dev-stack story end to end against a fresh sandbox"),
-    "bench": ("sandbox.bench", "Print request, write, token and wall-time figures"),
 }
 
 

@@ -141,26 +141,3 @@ def stack_config(info: dict[str, Any], instance_url: str | None = None) -> dict[
         "lead-destination:instanceUrl": instance_url or info["instance_url"],
     }
 
-
-def dev_stack_rehearsal(
-    info: dict[str, Any],
-    instance_url: str,
-    *,
-    solution_zip: Path,
-    state_path: Path,
-    key_path: Path,
-    config: dict[str, Any] | None = None,
-    **options: Any,
-) -> Any:
-    """The project's dev stack (Pulumi.dev.yaml) as a rehearsal against one organization of this sandbox:
-    its stack config pointed at `instance_url` as the admin, the given solution zip, `config` on top
-    (`lead-destination:`-prefixed keys), `options` passed to `Rehearsal` (on_step, echo, …)."""
-    import json
-
-    from sandbox.rehearsal import Rehearsal  # loads the Pulumi SDK: only when a rehearsal is asked for
-
-    overrides: dict[str, Any] = stack_config(info, instance_url)
-    overrides["lead-destination:solution"] = json.dumps({"path": str(solution_zip)})
-    overrides.update(config or {})
-    return Rehearsal(Path(__file__).resolve().parent.parent, "dev", state_path, overrides, key_path=key_path,
-                     **options)

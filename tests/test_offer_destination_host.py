@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from dynamics_provider.offer_destination import OfferLeadDestinationProvider
-from sandbox.provider_host import ProviderError, ProviderHost, Secret, provider_ref, urn_for
 from sandbox.testing import stack_config
+from tests.harness.provider_host import ProviderError, ProviderHost, Secret, provider_ref, urn_for
 
 REPO = Path(__file__).resolve().parent.parent
 APP_ID = "0b1f5a3c-5a4d-4e8b-9c6f-5a0d8b0c0b01"

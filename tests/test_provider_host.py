@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.provider_host import ProviderError, ProviderHost, Secret, provider_ref, urn_for
-from tests.support_toy_provider import ToyProvider, load_store
+from tests.harness.provider_host import ProviderError, ProviderHost, Secret, provider_ref, urn_for
+from tests.harness.toy_provider import ToyProvider, load_store
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -16,9 +16,9 @@ from dynamics_provider.role_assignment import SecurityRoleAssignmentProvider
 from dynamics_provider.role_privileges import RolePrivilegesProvider
 from dynamics_provider.solution import SolutionImportProvider
 from dynamics_provider.synced_user import SyncedUserProvider
-from sandbox.provider_host import ProviderError, ProviderHost, Secret, provider_ref, urn_for
 from sandbox.solution_zip import DEFAULT_ROLE_NAME, build_solution_zip
 from sandbox.testing import stack_config
+from tests.harness.provider_host import ProviderError, ProviderHost, Secret, provider_ref, urn_for
 
 REPO = Path(__file__).resolve().parent.parent
 

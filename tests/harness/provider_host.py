@@ -86,7 +86,7 @@ def guard_provider_serialization() -> None:
     from pulumi.dynamic import dynamic
 
     original = dynamic.serialize_provider
-    if getattr(original, "_rehearsal_guarded", False):
+    if getattr(original, "_serialization_guarded", False):
         return
 
     def serialize_provider(provider: Any) -> str:
@@ -101,9 +101,9 @@ def guard_provider_serialization() -> None:
                 pickle._Pickler._batch_setitems = batch  # type: ignore[attr-defined]
                 pickle._Pickler.save_dict = save_dict  # type: ignore[attr-defined]
 
-    serialize_provider._rehearsal_guarded = True  # type: ignore[attr-defined]
+    serialize_provider._serialization_guarded = True  # type: ignore[attr-defined]
     with _SERIALIZE_LOCK:
-        if not getattr(dynamic.serialize_provider, "_rehearsal_guarded", False):
+        if not getattr(dynamic.serialize_provider, "_serialization_guarded", False):
             dynamic.serialize_provider = serialize_provider
 
 

@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sandbox.provider_host import Secret
 from sandbox.rehearsal import Rehearsal, RunResult
+
+from tests.harness.provider_host import Secret
 
 SECRET_FIELDS = {"clientSecret", "password", "applicationKey", "client_secret"}
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.rehearsal import Rehearsal, RunResult
+
 from sandbox.solution_zip import build_solution_zip
 from sandbox.testing import dev_stack_rehearsal, start_sandbox
 

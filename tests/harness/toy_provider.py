@@ -1,4 +1,4 @@
-"""A tiny dynamic resource for testing the provider host and the rehearsal engine generically.
+"""A tiny dynamic resource for testing the provider host generically.
 
 `ToyRecord` keeps records in a JSON file (path from stack config `toy:storePath`); the file is the
 "remote system": tests edit it to simulate drift and read it to count creates and duplicates.
