@@ -282,7 +282,7 @@ def test_the_search_finds_a_planted_credential_and_a_real_sandbox_token(sandbox:
 def test_certificate_password_and_federated_assertion_of_the_deployer_stay_out_of_failures_over_grpc(
     sandbox: Any, org: str, creds: Credentials, tmp_path: Path
 ) -> None:
-    from test_auth import _certificate
+    from tests.test_auth import _certificate
 
     capture = Capture()
     cert_password = f"LeakCertPw~{creds.tag}"

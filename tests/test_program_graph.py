@@ -79,6 +79,8 @@ class GraphMocks(pulumi.runtime.Mocks):
             outs.update(systemuser_id="systemuser-1", business_unit_id="bu-1", version="1.0.0.0",
                         role_id="role-1", validated_at="2025-01-01T00:00:00Z", lead_id="lead-1",
                         revision=f"rev-{args.name}")  # fmt: skip
+            if typ.endswith(":ApplicationUser"):  # its resource id is the systemuserid, as the provider returns
+                return "systemuser-1", outs
         return f"{args.name}-id", outs
 
     def call(self, args: pulumi.runtime.MockCallArgs):

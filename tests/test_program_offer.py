@@ -104,7 +104,7 @@ def _reset_mocks():
 
 
 def _graph_offer(tmp_path: Path, today: Any, **extra: Any) -> tuple[Any, Any]:
-    from test_program_graph import GraphMocks, ProgramRun, settings_for
+    from tests.test_program_graph import GraphMocks, ProgramRun, settings_for
 
     mocks = GraphMocks()
     ProgramRun(mocks)(settings_for(tmp_path, offer="contoso-lead-offer", **extra), today)
@@ -114,7 +114,7 @@ def _graph_offer(tmp_path: Path, today: Any, **extra: Any) -> tuple[Any, Any]:
 def test_a_new_entra_app_feeds_the_offer_its_rotating_secret_after_the_lead_validation(tmp_path: Path) -> None:
     import datetime as dt
 
-    from test_program_graph import APP_CLIENT_ID, TENANT, unwrap_secret
+    from tests.test_program_graph import APP_CLIENT_ID, TENANT, unwrap_secret
 
     from components.rotation import rotation_period
 
@@ -138,7 +138,7 @@ def test_a_new_entra_app_feeds_the_offer_its_rotating_secret_after_the_lead_vali
 def test_an_office365_user_feeds_the_offer_its_password_as_a_secret_input(tmp_path: Path) -> None:
     import datetime as dt
 
-    from test_program_graph import unwrap_secret
+    from tests.test_program_graph import unwrap_secret
 
     from components.rotation import rotation_period
 
