@@ -114,9 +114,8 @@ def _graph_offer(tmp_path: Path, today: Any, **extra: Any) -> tuple[Any, Any]:
 def test_a_new_entra_app_feeds_the_offer_its_rotating_secret_after_the_lead_validation(tmp_path: Path) -> None:
     import datetime as dt
 
-    from tests.test_program_graph import APP_CLIENT_ID, TENANT, unwrap_secret
-
     from components.rotation import rotation_period
+    from tests.test_program_graph import APP_CLIENT_ID, TENANT, unwrap_secret
 
     today = dt.date(2025, 3, 10)
     period = rotation_period(today, 180)
@@ -138,9 +137,8 @@ def test_a_new_entra_app_feeds_the_offer_its_rotating_secret_after_the_lead_vali
 def test_an_office365_user_feeds_the_offer_its_password_as_a_secret_input(tmp_path: Path) -> None:
     import datetime as dt
 
-    from tests.test_program_graph import unwrap_secret
-
     from components.rotation import rotation_period
+    from tests.test_program_graph import unwrap_secret
 
     today = dt.date(2025, 3, 10)
     _, offer = _graph_offer(tmp_path, today, authentication="office365",

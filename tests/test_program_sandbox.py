@@ -15,10 +15,10 @@ import requests
 from pulumi.dynamic import Config, ConfigureRequest
 from pulumi.runtime import rpc
 from pulumi.runtime._serialization import _deserialize
-from tests.test_program_graph import GraphMocks, ProgramRun
 
 from sandbox.solution_zip import build_solution_zip
 from sandbox.testing import stack_config
+from tests.test_program_graph import GraphMocks, ProgramRun
 
 TODAY = dt.date(2025, 3, 10)
 
