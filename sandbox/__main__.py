@@ -7,7 +7,7 @@ import sys
 from importlib import import_module
 
 COMMANDS = {
-    "serve": ("sandbox.server", "Serve Entra + Dataverse + Partner Center over HTTPS until interrupted"),
+    "serve": ("sandbox.http.server", "Serve Entra + Dataverse + Partner Center over HTTPS until interrupted"),
     "build-solution": ("sandbox.solution_zip", "Write a representative Lead Writer managed solution zip"),
 }
 

@@ -22,6 +22,7 @@ LEADWRITER_CLIENT_SECRET = "sandbox-leadwriter-secret"
 PUBLIC_CLIENT_ID = "51f81489-12ee-4a9e-aaae-a2591f45987d"
 DEFAULT_ORG = "contoso"
 GRAPH_AUDIENCE = "https://graph.microsoft.com"
+GUID_PATTERN = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"  # a GUID, any case
 
 
 @dataclass(frozen=True)
@@ -60,3 +61,8 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 def dataverse_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
     """Dataverse's error envelope: {"error": {"code": "0x…", "message": "…"}}."""
     return json_response({"error": {"code": code, "message": message}}, status, headers)
+
+
+def segment_not_found(path: str) -> Response:
+    """Dataverse's 404 for a path nobody serves: "Resource not found for the segment '…'."."""
+    return dataverse_error(404, "0x8006088a", f"Resource not found for the segment '{path.rsplit('/', 1)[-1]}'.")

@@ -9,7 +9,7 @@ from typing import Any
 
 import requests
 
-from sandbox.server import Sandbox
+from sandbox.http.server import Sandbox
 
 
 class ControlError(RuntimeError):

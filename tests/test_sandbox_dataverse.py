@@ -16,7 +16,7 @@ import requests
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
-from sandbox import catalogue
+from sandbox.dataverse import catalogue
 from sandbox.common import ADMIN_CLIENT_ID, LEADWRITER_CLIENT_ID, TENANT_ID, Caller, SandboxSettings
 from sandbox.dataverse import Organization
 from sandbox.entra import Directory

@@ -174,7 +174,7 @@ def test_federated_assertion_for_another_subject_is_refused(sandbox):
     assertion = sandbox.control.federated_token(subject="repo:someone/else:ref:main")
     result = confidential(info, app["client_id"], {"client_assertion": lambda: assertion}).acquire_token_for_client(
         [f"{info['instance_url']}/.default"])
-    assert (result["error"], result["error_codes"]) == ("invalid_client", [70021])
+    assert (result["error"], result["error_codes"]) == ("invalid_request", [70021])
 
 
 def test_password_grant_for_a_user_through_the_public_client(sandbox, org):
@@ -203,8 +203,11 @@ def test_password_grant_through_a_confidential_app_id_is_refused(sandbox):
     info = sandbox.info
     upn = f"leads-{uuid.uuid4().hex[:6]}@contoso.example"
     sandbox.control.create_user(user_principal_name=upn, password="Corr3ct-horse")
-    app = public_client(info, info["leadwriter_client_id"])
+    app = public_client(info, info["leadwriter_client_id"])  # a confidential app that sends no credential
     result = app.acquire_token_by_username_password(upn, "Corr3ct-horse", scopes=[f"{info['instance_url']}/.default"])
+    assert (result["error"], result["error_codes"]) == ("invalid_client", [7000218])
+    unknown = public_client(info, str(uuid.uuid4()))
+    result = unknown.acquire_token_by_username_password(upn, "Corr3ct-horse", scopes=[f"{info['instance_url']}/.default"])
     assert (result["error"], result["error_codes"]) == ("unauthorized_client", [700016])
 
 

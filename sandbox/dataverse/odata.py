@@ -1,123 +1,21 @@
-"""OData subset of the Dataverse emulator: table schemas, $select/$filter/$top parsing and evaluation,
-server-driven paging ($skiptoken paging cookies) and the multipart/mixed framing of $batch. No
-organization state lives here.
+"""The OData subset of the Dataverse emulator: $select, $filter (eq/ne/gt/ge/lt/le, and/or/not,
+contains/startswith/endswith), $top, $expand, server-driven paging with $skiptoken paging cookies, and
+the projection of a row into its JSON shape. No organization state lives here.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import uuid
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote
 
-
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class ODataError(Exception):
-    """A request the Web API refuses; status, Dataverse code and message for the error envelope."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def bad_request(message: str) -> ODataError:
-    return ODataError(400, "0x0", message)
-
-
-GUID, STR, BOOL, INT, DATE, MEMO = "Edm.Guid", "Edm.String", "Edm.Boolean", "Edm.Int32", "Edm.DateTimeOffset", "Edm.String"
-
-
-@dataclass(frozen=True)
-class Table:
-    logical: str
-    entity_set: str
-    key: str
-    display: str  # the name used in "{entity} With Id = … Does Not Exist"
-    columns: dict[str, str]
-    creatable: frozenset[str] = frozenset()
-    updatable: frozenset[str] = frozenset()
-    binds: dict[str, str] = field(default_factory=dict)  # nav property -> (lookup column) for @odata.bind
-    navigations: frozenset[str] = frozenset()
-
-
-_COMMON = {"createdon": DATE, "modifiedon": DATE, "versionnumber": INT}
-
-TABLES: dict[str, Table] = {}
-
-
-def _table(t: Table) -> None:
-    TABLES[t.entity_set] = t
-
-
-_table(Table("businessunit", "businessunits", "businessunitid", "BusinessUnit",
-             {"businessunitid": GUID, "name": STR, "_parentbusinessunitid_value": GUID, "isdisabled": BOOL,
-              "divisionname": STR, **_COMMON},
-             creatable=frozenset({"name", "divisionname"}), updatable=frozenset({"name", "divisionname"}),
-             binds={"parentbusinessunitid": "_parentbusinessunitid_value"}))
-_table(Table("systemuser", "systemusers", "systemuserid", "SystemUser",
-             {"systemuserid": GUID, "applicationid": GUID, "azureactivedirectoryobjectid": GUID,
-              "firstname": STR, "lastname": STR, "fullname": STR, "internalemailaddress": STR,
-              "domainname": STR, "isdisabled": BOOL, "accessmode": INT, "_businessunitid_value": GUID,
-              "islicensed": BOOL, "title": STR, **_COMMON},
-             creatable=frozenset({"applicationid", "firstname", "lastname", "internalemailaddress", "domainname",
-                                  "accessmode", "isdisabled", "title"}),
-             updatable=frozenset({"firstname", "lastname", "isdisabled", "title", "internalemailaddress",
-                                  "domainname"}),
-             binds={"businessunitid": "_businessunitid_value"},
-             navigations=frozenset({"systemuserroles_association"})))
-_table(Table("role", "roles", "roleid", "Role",
-             {"roleid": GUID, "name": STR, "_businessunitid_value": GUID, "_parentrootroleid_value": GUID,
-              "_parentroleid_value": GUID, "ismanaged": BOOL, "_solutionid_value": GUID, **_COMMON},
-             navigations=frozenset({"systemuserroles_association"})))
-_table(Table("solution", "solutions", "solutionid", "Solution",
-             {"solutionid": GUID, "uniquename": STR, "friendlyname": STR, "version": STR, "ismanaged": BOOL,
-              "installedon": DATE, "description": STR, "isvisible": BOOL, **_COMMON}))
-_table(Table("asyncoperation", "asyncoperations", "asyncoperationid", "AsyncOperation",
-             {"asyncoperationid": GUID, "name": STR, "operationtype": INT, "statecode": INT, "statuscode": INT,
-              "message": STR, "friendlymessage": STR, "startedon": DATE, "completedon": DATE,
-              "_ownerid_value": GUID, "correlationid": GUID, **_COMMON}))
-_table(Table("importjob", "importjobs", "importjobid", "ImportJob",
-             {"importjobid": GUID, "progress": "Edm.Double", "data": STR, "solutionname": STR,
-              "startedon": DATE, "completedon": DATE, "_solutionid_value": GUID, "name": STR, **_COMMON}))
-_table(Table("privilege", "privileges", "privilegeid", "Privilege",
-             {"privilegeid": GUID, "name": STR, "accessright": INT, "canbebasic": BOOL, "canbelocal": BOOL,
-              "canbedeep": BOOL, "canbeglobal": BOOL, "canbeentityreference": BOOL,
-              "canbeparententityreference": BOOL}))
-_LEAD_FIELDS = ("subject", "firstname", "lastname", "emailaddress1", "companyname", "telephone1", "mobilephone",
-                "jobtitle", "description", "address1_country", "address1_city", "address1_stateorprovince",
-                "address1_postalcode", "address1_line1", "websiteurl")
-_table(Table("lead", "leads", "leadid", "lead",
-             {"leadid": GUID, **{f: STR for f in _LEAD_FIELDS}, "numberofemployees": INT, "fullname": STR,
-              "leadsourcecode": INT, "statecode": INT, "statuscode": INT, "_ownerid_value": GUID,
-              "_owningbusinessunit_value": GUID, **_COMMON},
-             creatable=frozenset({*_LEAD_FIELDS, "leadsourcecode", "numberofemployees", "leadid"}),
-             updatable=frozenset({*_LEAD_FIELDS, "leadsourcecode", "numberofemployees", "statecode", "statuscode"})))
-
-# Inferred: Dataverse computes these and refuses to accept them in a body.
-READ_ONLY_HINT = "The property '{0}' is read-only and cannot be set."
-
-
-def unknown_property(name: str, table: Table) -> ODataError:
-    # Dataverse/OData wording for an unknown column in $select, $filter or a body.
-    return bad_request(f"Could not find a property named '{name}' on type 'Microsoft.Dynamics.CRM.{table.logical}'.")
-
-
-def parse_guid(text: str) -> str:
-    try:
-        return str(uuid.UUID(text.strip().strip("{}")))
-    except (ValueError, AttributeError):
-        raise bad_request(f"Unrecognized 'Edm.Guid' literal '{text}'.") from None
-
+from sandbox.common import GUID_PATTERN
+from sandbox.dataverse.protocol import bad_request
+from sandbox.dataverse.schema import BOOL, DATE, GUID, INT, STR, Table, unknown_property
 
 # ---------------------------------------------------------------- server-driven paging
 
-MAX_PAGE_SIZE = 5000  # Dataverse's default and largest page ("Page results", Microsoft Learn)
+MAX_PAGE_SIZE = 5000  # Dataverse's default and largest page (docs/sandbox.md, "Paging")
 _MAXPAGESIZE = re.compile(r"(?:^|[,;\s])odata\.maxpagesize\s*=\s*\"?(\d+)\"?", re.I)
 _PAGENUMBER = re.compile(r'pagenumber="(\d+)"')
 _LAST = re.compile(r'last="\{?([0-9a-fA-F-]{36})\}?"')
@@ -231,7 +129,7 @@ def project(table: Table, row: dict, select: list[str] | None) -> dict:
 # ---------------------------------------------------------------- $filter
 
 _TOKEN = re.compile(
-    r"\s*(?:(?P<str>'(?:[^']|'')*')|(?P<guid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
+    rf"\s*(?:(?P<str>'(?:[^']|'')*')|(?P<guid>{GUID_PATTERN})"
     r"|(?P<num>-?\d+(?:\.\d+)?)|(?P<word>[A-Za-z_][\w.]*)|(?P<punc>[(),]))"
 )
 
@@ -390,77 +288,3 @@ def matches(node, row: dict) -> bool:
     if a is None or b is None:
         return False
     return {"gt": a > b, "ge": a >= b, "lt": a < b, "le": a <= b}[op]
-
-
-# ---------------------------------------------------------------- $batch framing
-
-MAX_BATCH_REQUESTS = 1000
-
-
-@dataclass
-class BatchPart:
-    method: str
-    url: str
-    headers: dict[str, str]
-    body: bytes
-
-
-def parse_batch(content_type: str, body: bytes) -> list[BatchPart]:
-    m = re.search(r'boundary="?([^";]+)"?', content_type or "")
-    if not content_type.lower().startswith("multipart/mixed") or not m:
-        raise bad_request("The batch request must have a Content-Type of multipart/mixed with a boundary.")
-    boundary = m.group(1).encode()
-    text = body.replace(b"\r\n", b"\n")
-    chunks = text.split(b"--" + boundary)
-    parts: list[BatchPart] = []
-    for chunk in chunks[1:]:
-        if chunk.startswith(b"--"):
-            break
-        chunk = chunk.lstrip(b"\n")
-        head, _, rest = chunk.partition(b"\n\n")
-        outer = _headers(head)
-        if outer.get("content-type", "").lower().startswith("multipart/mixed"):
-            raise bad_request("Change sets are not supported by this sandbox; send GET requests outside change sets.")
-        if not outer.get("content-type", "").lower().startswith("application/http"):
-            raise bad_request("Each batch part must have Content-Type application/http.")
-        inner_head, _, inner_body = rest.partition(b"\n\n")
-        lines = inner_head.decode("utf-8", "replace").split("\n")
-        m = re.fullmatch(r"([A-Za-z]+) (.+?)(?: HTTP/\d\.\d)?", lines[0].strip())
-        if not m:
-            raise bad_request(f"Invalid request line in batch part: '{lines[0].strip()}'.")
-        parts.append(BatchPart(m.group(1).upper(), m.group(2), _headers("\n".join(lines[1:]).encode()),
-                               inner_body.rstrip(b"\n")))
-        if len(parts) > MAX_BATCH_REQUESTS:
-            raise bad_request(f"The number of requests in a batch exceeds the limit of {MAX_BATCH_REQUESTS}.")
-    return parts
-
-
-def _headers(raw: bytes) -> dict[str, str]:
-    out = {}
-    for line in raw.decode("utf-8", "replace").split("\n"):
-        if ":" in line:
-            k, _, v = line.partition(":")
-            out[k.strip().lower()] = v.strip()
-    return out
-
-
-_REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
-            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 412: "Precondition Failed",
-            429: "Too Many Requests", 500: "Internal Server Error"}
-
-
-def format_batch(responses: list[tuple[int, dict[str, str], bytes]]) -> tuple[str, bytes]:
-    boundary = f"batchresponse_{uuid.uuid4()}"
-    out = []
-    for status, headers, body in responses:
-        lines = [f"--{boundary}", "Content-Type: application/http", "Content-Transfer-Encoding: binary", "",
-                 f"HTTP/1.1 {status} {_REASONS.get(status, '')}".rstrip()]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
-        lines.append("")
-        out.append("\r\n".join(lines).encode() + b"\r\n" + body + b"\r\n")
-    payload = b"".join(out) + f"--{boundary}--\r\n".encode()
-    return f"multipart/mixed; boundary={boundary}", payload
-
-
-def dumps(obj: Any) -> bytes:
-    return json.dumps(obj).encode()

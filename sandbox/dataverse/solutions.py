@@ -1,6 +1,6 @@
-"""Solutions part of the Dataverse emulator: ImportSolutionAsync / StageAndUpgradeAsync / ImportSolution,
+"""Solutions of the Dataverse emulator: ImportSolutionAsync / StageAndUpgradeAsync / ImportSolution,
 asyncoperations and importjobs that progress with elapsed time, the import rules (downgrade, managed
-mismatch, armed fault) and uninstall. Mixed into sandbox.dataverse.Organization.
+mismatch, missing dependency, armed fault), uninstall and DELETE of a solution.
 """
 
 from __future__ import annotations
@@ -10,31 +10,34 @@ import binascii
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from xml.sax.saxutils import quoteattr
 
-from sandbox import catalogue
-from sandbox.dataverse_odata import ODataError, bad_request, parse_guid
-from sandbox.dataverse_odata import now_iso as _now
+from sandbox.common import SandboxSettings
+from sandbox.dataverse import catalogue
+from sandbox.dataverse.protocol import (
+    E_BAD_ZIP,
+    E_IMPORT_GENERIC,
+    E_IMPORT_SOLUTION,
+    E_INVALID_PRIVILEGE,
+    E_MANAGED_OVER_UNMANAGED,
+    E_MISSING_DEPENDENCIES,
+    E_UNMANAGED_OVER_MANAGED,
+    E_VERSION_NOT_HIGHER,
+    ODataError,
+    Result,
+    bad_request,
+    duplicate,
+    json_result,
+)
+from sandbox.dataverse.schema import now_iso, parse_guid
+from sandbox.dataverse.security import Principal, Security
+from sandbox.dataverse.store import Store
 from sandbox.solution_zip import SolutionManifest, parse_solution_zip, version_tuple
 
-if TYPE_CHECKING:
-    from sandbox.dataverse import Principal
-
-E_DUPLICATE = "0x80040237"
-# Import failure codes, from Microsoft Learn "Web service error codes (Microsoft Dataverse)"
-# (https://learn.microsoft.com/power-apps/developer/data-platform/reference/web-service-error-codes) unless noted.
-E_IMPORT_SOLUTION = "0x80048033"  # ImportSolutionError "An error occurred while importing a Solution."
-E_BAD_ZIP = "0x80048060"  # ImportCustomizationsBadZipFileError "The solution file is invalid. …"
-E_IMPORT_GENERIC = "0x8004801E"  # ImportGenericError "The import failed. For more information, see …"
-E_MISSING_DEPENDENCIES = "0x8004801D"  # ImportMissingDependenciesError
-E_INVALID_PRIVILEGE = "0x80048058"  # ImportInvalidPrivilegeError "The privilege to be imported is invalid"
-E_MANAGED_OVER_UNMANAGED = "0x80048040"  # ImportSolutionManagedToUnmanagedMismatch
-E_UNMANAGED_OVER_MANAGED = "0x80048041"  # ImportSolutionUnmanagedToManagedMismatch
-# Not in that list: Microsoft support article KB 4499878, "The import solution must have a higher version than
-# the existing solution it is upgrading error occurs when importing a Microsoft Dynamics 365 solution"
-# (learn.microsoft.com/troubleshoot/power-platform/…): error code 80048541 with that message.
-E_VERSION_NOT_HIGHER = "0x80048541"
+IMPORT_PARAMETERS = {"OverwriteUnmanagedCustomizations", "PublishWorkflows", "CustomizationFile", "ImportJobId",
+                     "HoldingSolution", "SkipProductUpdateDependencies", "ComponentParameters",
+                     "SolutionParameters", "ConvertToManaged", "SkipQueueRibbonJob", "LayerDesiredOrder",
+                     "AsyncRibbonProcessing", "IsTemplateMode", "TemplateSuffix"}
 
 
 @dataclass
@@ -49,7 +52,6 @@ class ImportTask:
     owner: str
 
 
-
 class _ImportFailure(Exception):
     def __init__(self, code: str, text: str):
         super().__init__(text)
@@ -57,16 +59,19 @@ class _ImportFailure(Exception):
 
 
 class SolutionImports:
-    """Async solution import and uninstall; expects the Organization's rows, lock-held callers and helpers."""
+    """Solution imports (async jobs advanced by elapsed time at each request) and uninstall of one organization."""
 
+    def __init__(self, store: Store, security: Security, settings: SandboxSettings, base: str) -> None:
+        self.store = store
+        self.security = security
+        self.settings = settings
+        self.base = base
+        self.tasks: dict[str, ImportTask] = {}
+        self.armed_import_failure: str | None = None  # the fail_next_import drift
 
-    def _import(self, action: str, body: dict, pr: Principal):
-        self._require(pr, "prvImportCustomization", "Global")
-        allowed = {"OverwriteUnmanagedCustomizations", "PublishWorkflows", "CustomizationFile", "ImportJobId",
-                   "HoldingSolution", "SkipProductUpdateDependencies", "ComponentParameters",
-                   "SolutionParameters", "ConvertToManaged", "SkipQueueRibbonJob", "LayerDesiredOrder",
-                   "AsyncRibbonProcessing", "IsTemplateMode", "TemplateSuffix"}
-        unknown = set(body) - allowed
+    def import_solution(self, action: str, body: dict, pr: Principal) -> Result:
+        self.security.require(pr, "prvImportCustomization", "Global")
+        unknown = set(body) - IMPORT_PARAMETERS
         if unknown:
             raise bad_request(f"The parameter '{sorted(unknown)[0]}' in the request payload is not a valid "
                               f"parameter for the operation '{action}'.")
@@ -78,9 +83,8 @@ class SolutionImports:
         except (binascii.Error, ValueError):
             raise bad_request("CustomizationFile is not valid base64.") from None
         import_job = parse_guid(str(body["ImportJobId"])) if body.get("ImportJobId") else str(uuid.uuid4())
-        if import_job in self.rows["importjobs"]:
-            raise ODataError(412, E_DUPLICATE, "A record with matching key values already exists: importjob "
-                                               f"{import_job}.")
+        if import_job in self.store.rows["importjobs"]:
+            raise duplicate(f"importjob {import_job}.")
         manifest, error = None, None
         try:
             manifest = parse_solution_zip(data)
@@ -89,13 +93,13 @@ class SolutionImports:
         async_id = str(uuid.uuid4())
         duration = max(0.0, float(self.settings.import_seconds))
         owner = pr.user["systemuserid"]
-        now = _now()
-        self.rows["asyncoperations"][async_id] = self._stamp({
+        now = now_iso()
+        self.store.rows["asyncoperations"][async_id] = self.store.stamp({
             "asyncoperationid": async_id, "name": action, "operationtype": 202 if action == "ImportSolutionAsync"
             else 207, "statecode": 0, "statuscode": 0, "message": None, "friendlymessage": None,
             "startedon": now, "completedon": None, "_ownerid_value": owner, "correlationid": str(uuid.uuid4())},
             created=True)
-        self.rows["importjobs"][import_job] = self._stamp({
+        self.store.rows["importjobs"][import_job] = self.store.stamp({
             "importjobid": import_job, "progress": 0.0, "data": None,
             "solutionname": manifest.unique_name if manifest else None, "startedon": now, "completedon": None,
             "_solutionid_value": None, "name": "Customizations", "_ownerid_value": owner}, created=True)
@@ -104,22 +108,22 @@ class SolutionImports:
         self.tasks[async_id] = task
         if action == "ImportSolution":  # synchronous: finish now, failure is the response
             task.duration = 0.0
-            self._tick()
-            op = self.rows["asyncoperations"][async_id]
+            self.tick()
+            op = self.store.rows["asyncoperations"][async_id]
             if op["statuscode"] != 30:
                 raise ODataError(400, E_IMPORT_SOLUTION, op["message"])
             return 204, {}, b""
         if duration == 0:
-            self._tick()
-        return self._json({"@odata.context": f"{self.base}$metadata#Microsoft.Dynamics.CRM.{action}Response",
-                           "AsyncOperationId": async_id, "ImportJobKey": import_job})
+            self.tick()
+        return json_result({"@odata.context": f"{self.base}$metadata#Microsoft.Dynamics.CRM.{action}Response",
+                            "AsyncOperationId": async_id, "ImportJobKey": import_job})
 
-    def _tick(self) -> None:
+    def tick(self) -> None:
         """Advance every pending import by elapsed time; finish those whose time is up."""
         now = time.monotonic()
         for async_id, task in list(self.tasks.items()):
-            op = self.rows["asyncoperations"][async_id]
-            job = self.rows["importjobs"][task.importjobid]
+            op = self.store.rows["asyncoperations"][async_id]
+            job = self.store.rows["importjobs"][task.importjobid]
             elapsed = now - task.started
             if elapsed >= task.duration:
                 del self.tasks[async_id]
@@ -130,10 +134,10 @@ class SolutionImports:
             progress = round(min(99.0, fraction * 100.0), 2)
             if (op["statecode"], op["statuscode"]) != state:
                 op["statecode"], op["statuscode"] = state
-                self._stamp(op)
+                self.store.stamp(op)
             if job["progress"] != progress:
                 job["progress"] = progress
-                self._stamp(job)
+                self.store.stamp(job)
 
     def _finish(self, task: ImportTask, op: dict, job: dict) -> None:
         try:
@@ -141,11 +145,11 @@ class SolutionImports:
             result, code, text = "success", "0", ""
         except _ImportFailure as failure:
             solution_id, result, code, text = None, "failure", failure.code, str(failure)
-        now = _now()
+        now = now_iso()
         m = task.manifest
         op.update({"statecode": 3, "statuscode": 30 if result == "success" else 31, "completedon": now,
                    "message": text or None, "friendlymessage": text or None})
-        self._stamp(op)
+        self.store.stamp(op)
         manifest_attrs = (f' languagecode="1033" id={quoteattr(m.unique_name)} version={quoteattr(m.version)}'
                           if m else ' languagecode="1033"')
         unique = f"<UniqueName>{m.unique_name}</UniqueName>" if m else ""
@@ -154,7 +158,7 @@ class SolutionImports:
             f"<solutionManifests><solutionManifest{manifest_attrs}>{unique}"
             f"<result result={quoteattr(result)} errorcode={quoteattr(code)} errortext={quoteattr(text)} "
             f'datetime="{now}" /></solutionManifest></solutionManifests></importexportxml>')})
-        self._stamp(job)
+        self.store.stamp(job)
 
     def _apply(self, task: ImportTask) -> str:
         if task.parse_error is not None:
@@ -166,7 +170,7 @@ class SolutionImports:
             text, self.armed_import_failure = self.armed_import_failure, None
             raise _ImportFailure(E_IMPORT_GENERIC, text)
         m = task.manifest
-        existing = next((s for s in self.rows["solutions"].values()
+        existing = next((s for s in self.store.rows["solutions"].values()
                          if s["uniquename"].casefold() == m.unique_name.casefold()), None)
         for role in m.roles:
             for p in role["privileges"]:
@@ -192,7 +196,7 @@ class SolutionImports:
                                      "Uninstall the current solution and try again.")
             old, new = version_tuple(existing["version"]), version_tuple(m.version)
             if new < old or (task.upgrade and new == old):
-                # KB 4499878's code and message (stated for an upgrade; inferred for a plain import of a lower
+                # The code and message of Microsoft's support article (docs/sandbox.md) (stated for an upgrade; inferred for a plain import of a lower
                 # version too); the versions after it are the sandbox's addition
                 raise _ImportFailure(E_VERSION_NOT_HIGHER, "The import solution must have a higher version than "
                                      f"the existing solution it is upgrading. ({m.unique_name}: importing "
@@ -202,37 +206,41 @@ class SolutionImports:
                                  "upgraded. Import it first.")
         if existing is None:
             sid = str(uuid.uuid4())
-            existing = self.rows["solutions"][sid] = self._stamp({
+            existing = self.store.rows["solutions"][sid] = self.store.stamp({
                 "solutionid": sid, "uniquename": m.unique_name, "friendlyname": m.unique_name,
-                "version": m.version, "ismanaged": m.managed, "installedon": _now(), "description": None,
+                "version": m.version, "ismanaged": m.managed, "installedon": now_iso(), "description": None,
                 "isvisible": True}, created=True)
         else:
             existing["version"] = m.version
-            self._stamp(existing)
+            self.store.stamp(existing)
         sid = existing["solutionid"]
         declared = {r["id"] for r in m.roles}
         if task.upgrade:  # a stage-and-upgrade deletes the components the new version no longer has
-            for role_id in [r for r, row in self.rows["roles"].items()
+            for role_id in [r for r, row in self.store.rows["roles"].items()
                             if row["_solutionid_value"] == sid and row["_parentroleid_value"] is None
                             and r not in declared]:
-                self._delete_role(role_id)
+                self.store.delete_role(role_id)
         for role in m.roles:
-            if role["id"] not in self.rows["roles"]:
-                self._create_role(role["name"], role["id"], m.managed, sid)
+            if role["id"] not in self.store.rows["roles"]:
+                self.store.create_role(role["name"], role["id"], m.managed, sid)
             # Inferred: an import sets the depths it declares and keeps privileges added in the org.
-            privs = self.role_privileges.setdefault(role["id"], {})
+            privs = self.store.role_privileges.setdefault(role["id"], {})
             for p in role["privileges"]:
                 privs[catalogue.find(p["name"]).privilegeid] = p["level"]
         return sid
 
-    def _delete_role(self, root_id: str) -> None:
-        for rid in [r for r, row in self.rows["roles"].items() if row["_parentrootroleid_value"] == root_id]:
-            del self.rows["roles"][rid]
-            self.user_roles = {(u, r) for (u, r) in self.user_roles if r != rid}
-        self.role_privileges.pop(root_id, None)
-
-    def _uninstall(self, solution_id: str) -> None:
-        for rid in [r for r, row in self.rows["roles"].items()
+    def uninstall(self, solution_id: str) -> None:
+        for rid in [r for r, row in self.store.rows["roles"].items()
                     if row["_solutionid_value"] == solution_id and row["_parentroleid_value"] is None]:
-            self._delete_role(rid)
-        del self.rows["solutions"][solution_id]
+            self.store.delete_role(rid)
+        del self.store.rows["solutions"][solution_id]
+
+    def delete(self, solution_id: str, pr: Principal) -> Result:
+        """DELETE solutions(id): uninstall, with its roles (system solutions cannot be deleted)."""
+        row = self.store.get("solutions", solution_id)
+        self.security.require(pr, "prvDeleteSolution", "Global")
+        self.security.require(pr, "prvImportCustomization", "Global")
+        if row["uniquename"] in ("Default", "System"):
+            raise bad_request(f"The solution {row['uniquename']} is a system solution and cannot be deleted.")
+        self.uninstall(solution_id)
+        return 204, {}, b""

@@ -1,0 +1,109 @@
+"""Fault rules (`POST /_control/faults`): the next `count` requests matching a method, a path regex and
+an organization get a status (with Retry-After), extra latency or a dropped connection, before or after
+the request is processed. The body of an injected status is the matched service's own error shape
+(Entra's OAuth error, Dataverse's envelope, …), rendered by the caller."""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from werkzeug.wrappers import Request, Response
+
+RULE_FIELDS = ("method", "path", "status", "retry_after", "retry_after_http_date", "latency_ms", "reset", "after",
+               "org", "code", "message", "error")
+
+# (status, rule, headers) -> the service's error answer for an injected status
+Render = Callable[[int, dict[str, Any], dict[str, str]], Response]
+
+
+class ResetConnection(Exception):
+    """Raised inside dispatch to drop the connection without an answer."""
+
+
+class FaultRules:
+    """Thread-safe list of rules; the first matching rule applies and is used up after `count` matches."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rules: list[dict[str, Any]] = []
+
+    def add(self, body: dict[str, Any]) -> str:
+        rule = {k: body.get(k) for k in RULE_FIELDS}
+        if rule["path"]:
+            re.compile(rule["path"])  # re.error is a ValueError → 400
+        count = int(body.get("count") or 1)
+        rule.update(id=str(uuid.uuid4()), count=count, remaining=count)
+        with self._lock:
+            self._rules.append(rule)
+        return rule["id"]
+
+    def rules(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(r) for r in self._rules]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rules.clear()
+
+    def _take(self, request: Request, org: str | None) -> dict[str, Any] | None:
+        with self._lock:
+            for rule in self._rules:
+                if (rule.get("method") or "*").upper() not in ("*", request.method):
+                    continue
+                if rule.get("org") and rule["org"] != org:
+                    continue
+                if rule.get("path") and not re.search(rule["path"], request.path):
+                    continue
+                rule["remaining"] -= 1
+                if rule["remaining"] <= 0:
+                    self._rules.remove(rule)
+                return rule
+        return None
+
+    def apply(self, request: Request, entry: dict[str, Any], render: Render) -> Response | None:
+        """The fault's answer for this request, or None to carry on (no rule, latency only, or `after`)."""
+        rule = self._take(request, entry["org"])
+        if rule is None:
+            return None
+        entry["fault"] = rule["id"]
+        if rule.get("after"):
+            # the request is processed, then its answer is held or lost: see answer_after
+            entry["fault_after"] = {k: rule.get(k) for k in ("latency_ms", "reset")}
+            return None
+        if rule.get("latency_ms"):
+            time.sleep(int(rule["latency_ms"]) / 1000)
+        if rule.get("reset"):
+            raise ResetConnection()
+        status = rule.get("status")
+        if not status:
+            return None  # latency-only rule: carry on normally
+        headers = {}
+        if rule.get("retry_after") is not None:
+            if rule.get("retry_after_http_date"):  # RFC 7231 §7.1.3: an HTTP-date is as valid as delay-seconds
+                when = math.ceil(time.time() + float(rule["retry_after"]))
+                headers["Retry-After"] = email.utils.formatdate(when, usegmt=True)
+            else:
+                headers["Retry-After"] = str(rule["retry_after"])
+        return render(int(status), rule, headers)
+
+    @staticmethod
+    def answer_after(entry: dict[str, Any], response: Response) -> Response:
+        """A rule with `after`: the request was processed; now hold its answer (latency) or drop the
+        connection (reset) — the ambiguity that matters most: the write happened, the client cannot know."""
+        after = entry.get("fault_after")
+        if not after:
+            return response
+        entry["fault_after"] = True
+        entry["applied_status"] = response.status_code
+        if after.get("latency_ms"):
+            time.sleep(int(after["latency_ms"]) / 1000)
+        if after.get("reset"):
+            raise ResetConnection()
+        return response
