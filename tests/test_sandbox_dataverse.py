@@ -16,9 +16,8 @@ import requests
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
-from sandbox.dataverse import catalogue
 from sandbox.common import ADMIN_CLIENT_ID, LEADWRITER_CLIENT_ID, TENANT_ID, Caller, SandboxSettings
-from sandbox.dataverse import Organization
+from sandbox.dataverse import Organization, catalogue
 from sandbox.entra import Directory
 from sandbox.solution_zip import build_solution_zip
 

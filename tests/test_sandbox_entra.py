@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import time
 import uuid
 
@@ -259,3 +260,142 @@ def test_token_requests_are_logged_as_entra_with_the_client_as_caller(sandbox):
                       if e["kind"] == "entra" and e["path"].endswith("/oauth2/v2.0/token")]
     assert [e["caller"] for e in token_requests] == [app["client_id"]]
     assert "counted-secret" not in json.dumps(sandbox.control.log(since=since))
+
+
+# ----- Entra's error shape (docs/sandbox.md, "Entra errors") ------------------------------------------
+
+ERROR_KEYS = {"error", "error_description", "error_codes", "timestamp", "trace_id", "correlation_id"}
+DESCRIPTION = re.compile(r"AADSTS(\d+): (.+)\r\nTrace ID: ([0-9a-f-]{36})\r\nCorrelation ID: ([0-9a-f-]{36})"
+                         r"\r\nTimestamp: (\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ)", re.DOTALL)
+
+
+def entra_call(info, method, path, form=None, correlation=None):
+    """A raw request to the sandbox's login host (what msal sends, without msal's handling of the answer)."""
+    session = requests.Session()
+    session.trust_env = False
+    headers = {"client-request-id": correlation} if correlation else {}
+    try:
+        return session.request(method, f"https://{info['authority_host']}{path}", data=form, headers=headers,
+                               verify=info["ca_bundle"], timeout=10)
+    finally:
+        session.close()
+
+
+def client_credentials(info, **overrides):
+    form = {"grant_type": "client_credentials", "client_id": info["admin_client_id"],
+            "client_secret": info["admin_client_secret"], "scope": f"{info['instance_url']}/.default"}
+    form.update(overrides)
+    return {k: v for k, v in form.items() if v is not None}
+
+
+def assert_entra_error(response, status, error, code, *, correlation=None, lookup=True):
+    """The documented token-endpoint error: OAuth error, AADSTS number first in a CRLF-separated description
+    that repeats trace id, correlation id and timestamp, and error_uri for errors the lookup page explains."""
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert ERROR_KEYS <= set(body) <= ERROR_KEYS | {"error_uri"}
+    assert (body["error"], body["error_codes"]) == (error, [code])
+    m = DESCRIPTION.fullmatch(body["error_description"])
+    assert m, body["error_description"]
+    assert (int(m.group(1)), m.group(3), m.group(4), m.group(5)) == (
+        code, body["trace_id"], body["correlation_id"], body["timestamp"])
+    if correlation is not None:
+        assert body["correlation_id"] == correlation
+    assert body.get("error_uri") == (f"https://login.microsoftonline.com/error?code={code}" if lookup else None)
+    return body
+
+
+@pytest.fixture
+def faults(sandbox):
+    yield sandbox.control
+    sandbox.control.clear_faults()
+
+
+@pytest.mark.parametrize(("status", "retry_after", "error", "code"), [
+    (503, None, "temporarily_unavailable", 90033),
+    (503, 5, "temporarily_unavailable", 90033),
+    (429, 7, "temporarily_unavailable", 90055),
+    (500, None, "server_error", 50000),
+    (400, None, "invalid_request", 9002313),
+])
+def test_fault_on_the_token_endpoint_answers_in_entras_shape_not_dataverses(sandbox, faults, status, retry_after,
+                                                                          error, code):
+    info = sandbox.info
+    faults.add_fault(path=r"/oauth2/v2\.0/token$", status=status, retry_after=retry_after, count=1)
+    correlation = str(uuid.uuid4())
+    path = f"/{info['tenant_id']}/oauth2/v2.0/token"
+    refused = entra_call(info, "POST", path, client_credentials(info), correlation)
+    assert_entra_error(refused, status, error, code, correlation=correlation, lookup=status < 429)
+    assert refused.headers.get("Retry-After") == (str(retry_after) if retry_after is not None else None)
+    assert refused.headers["Cache-Control"] == "no-store"
+    served = entra_call(info, "POST", path, client_credentials(info))  # the rule was used up
+    assert served.status_code == 200 and served.json()["access_token"]
+    entry = [e for e in sandbox.control.log() if e["kind"] == "entra" and e["path"] == path][-2]
+    assert (entry["status"], entry["caller"], bool(entry.get("fault"))) == (status, info["admin_client_id"], True)
+
+
+def test_fault_on_discovery_and_a_rule_naming_its_own_error_answer_in_entras_shape(sandbox, faults):
+    info = sandbox.info
+    faults.add_fault(path=r"/openid-configuration$", status=503, count=1)
+    discovery = f"/{info['tenant_id']}/v2.0/.well-known/openid-configuration"
+    assert_entra_error(entra_call(info, "GET", discovery), 503, "temporarily_unavailable", 90033, lookup=False)
+    faults.add_fault(path=r"/oauth2/v2\.0/token$", status=400, error="invalid_grant", code="AADSTS50076",
+                     message="Due to a configuration change made by your administrator, you must use multi-factor "
+                             "authentication.", count=1)
+    body = assert_entra_error(entra_call(info, "POST", f"/{info['tenant_id']}/oauth2/v2.0/token",
+                                         client_credentials(info)), 400, "invalid_grant", 50076)
+    assert "multi-factor" in body["error_description"]
+
+
+def test_msal_reads_an_injected_429_as_entras_temporarily_unavailable(sandbox, faults):
+    info = sandbox.info
+    faults.add_fault(path=r"/oauth2/v2\.0/token$", status=429, retry_after=3, count=1)
+    result = confidential(info, info["admin_client_id"], info["admin_client_secret"]).acquire_token_for_client(
+        [f"{info['instance_url']}/.default"])
+    assert (result["error"], result["error_codes"]) == ("temporarily_unavailable", [90055])
+    assert "access_token" not in result
+
+
+@pytest.mark.parametrize(("case", "status", "error", "code"), [
+    ("wrong secret", 401, "invalid_client", 7000215),
+    ("no credential", 401, "invalid_client", 7000218),
+    ("unknown client", 400, "unauthorized_client", 700016),
+    ("unknown resource", 400, "invalid_resource", 500011),
+    ("no scope", 400, "invalid_request", 900144),
+    ("scope without /.default", 400, "invalid_scope", 1002012),
+    ("two resources", 400, "invalid_scope", 700022),
+    ("unsupported grant", 400, "unsupported_grant_type", 70003),
+    ("no grant", 400, "invalid_request", 900144),
+    ("assertion without its type", 400, "invalid_request", 900144),
+    ("malformed assertion", 400, "invalid_request", 50027),
+    ("GET on the token endpoint", 405, "invalid_request", 900561),
+    ("unknown tenant", 400, "invalid_tenant", 90002),
+])
+def test_every_refusal_of_the_token_endpoint_has_entras_documented_shape(sandbox, case, status, error, code):
+    info = sandbox.info
+    token_path = f"/{info['tenant_id']}/oauth2/v2.0/token"
+    method, path, form = {
+        "wrong secret": ("POST", token_path, client_credentials(info, client_secret="not-the-secret")),
+        "no credential": ("POST", token_path, client_credentials(info, client_secret=None)),
+        "unknown client": ("POST", token_path, client_credentials(info, client_id=str(uuid.uuid4()))),
+        "unknown resource": ("POST", token_path, client_credentials(
+            info, scope=f"https://{info['authority_host']}/orgs/nowhere/.default")),
+        "no scope": ("POST", token_path, client_credentials(info, scope=None)),
+        "scope without /.default": ("POST", token_path, client_credentials(info, scope=f"{info['instance_url']}/x")),
+        "two resources": ("POST", token_path, client_credentials(
+            info, scope=f"{info['instance_url']}/.default https://graph.microsoft.com/.default")),
+        "unsupported grant": ("POST", token_path, client_credentials(info, grant_type="implicit")),
+        "no grant": ("POST", token_path, client_credentials(info, grant_type=None)),
+        "assertion without its type": ("POST", token_path, client_credentials(
+            info, client_secret=None, client_assertion="a.b.c")),
+        "malformed assertion": ("POST", token_path, client_credentials(
+            info, client_secret=None, client_assertion="not-a-jwt",
+            client_assertion_type="urn:ietf:params:oauth:client-assertion-type:jwt-bearer")),
+        "GET on the token endpoint": ("GET", token_path, None),
+        "unknown tenant": ("GET", f"/{uuid.uuid4()}/v2.0/.well-known/openid-configuration", None),
+    }[case]
+    correlation = str(uuid.uuid4())
+    body = assert_entra_error(entra_call(info, method, path, form, correlation), status, error, code,
+                              correlation=correlation)
+    assert info["admin_client_secret"] not in json.dumps(body) and "not-the-secret" not in json.dumps(body)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -87,6 +88,66 @@ def test_serve_prints_one_json_line_answers_whoami_401_without_and_200_with_a_to
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_serve_on_a_given_port_names_and_serves_that_port_everywhere(tmp_path):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "sandbox", "serve", "--port", str(port), "--state-dir",
+                             str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        info = json.loads(proc.stdout.readline())
+        host = f"127.0.0.1:{port}"
+        assert info["port"] == port and info["authority_host"] == host
+        for key in ("instance_url", "authority", "control_url", "partner_center_url"):
+            assert info[key].startswith(f"https://{host}/"), (key, info[key])
+        assert json.loads((tmp_path / "serve.json").read_text())["port"] == port
+        session = requests.Session()
+        session.trust_env = False
+        session.verify = info["ca_bundle"]
+        discovery = session.get(f"{info['authority']}/v2.0/.well-known/openid-configuration", timeout=20).json()
+        for key in ("token_endpoint", "jwks_uri", "issuer", "authorization_endpoint"):
+            assert discovery[key].startswith(f"https://{host}/"), (key, discovery[key])
+        challenge = session.get(f"{info['instance_url']}/api/data/v9.2/WhoAmI", timeout=20).headers["WWW-Authenticate"]
+        assert f"authorization_uri=https://{host}/" in challenge
+        added = session.post(f"{info['control_url']}/orgs", json={"name": "fabrikam"}, timeout=20).json()
+        assert added["instance_url"] == f"https://{host}/orgs/fabrikam"
+        hosted = session.post(f"{info['control_url']}/files", json={"name": "a.zip", "content_b64": "UEs="},
+                              timeout=20).json()
+        assert hosted["url"] == f"https://{host}/files/a.zip"
+        assert session.get(hosted["url"], timeout=20).content == b"PK"
+        token = session.post(f"{info['authority']}/oauth2/v2.0/token", timeout=20, data={
+            "grant_type": "client_credentials", "client_id": info["admin_client_id"],
+            "client_secret": info["admin_client_secret"], "scope": f"{added['instance_url']}/.default"}).json()
+        who = session.get(f"{added['instance_url']}/api/data/v9.2/WhoAmI", timeout=20,
+                          headers={"Authorization": f"Bearer {token['access_token']}"})
+        assert who.status_code == 200, who.text
+        session.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_refuses_a_port_in_use_and_an_impossible_port_with_a_message_naming_it(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = subprocess.run([sys.executable, "-m", "sandbox", "serve", "--port", str(port), "--state-dir",
+                               str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert busy.returncode == 1 and busy.stdout == ""
+    assert f"127.0.0.1:{port}" in busy.stderr and "--port" in busy.stderr and "Traceback" not in busy.stderr
+    impossible = subprocess.run([sys.executable, "-m", "sandbox", "serve", "--port", "70000", "--state-dir",
+                                 str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert impossible.returncode == 2 and "70000 is not a TCP port" in impossible.stderr
 
 
 def test_restart_on_the_same_state_dir_reuses_the_ca(tmp_path):

@@ -158,10 +158,16 @@ class Sandbox:
         def app(environ: dict[str, Any], start_response: Any) -> Any:
             return _then(holder["app"](environ, start_response), environ.get("sandbox.answered"))
 
-        self._server = make_server(HOST, self.port, app, threaded=True, request_handler=_QuietHandler,
-                                   ssl_context=_LazyHandshake(context))  # type: ignore[arg-type]
+        # Bound here so that a busy port is an OSError for the caller (werkzeug would print and sys.exit).
+        listener = socket.create_server((HOST, self.port))
+        try:
+            self._server = make_server(HOST, self.port, app, threaded=True, request_handler=_QuietHandler,
+                                       ssl_context=_LazyHandshake(context),  # type: ignore[arg-type]
+                                       fd=listener.fileno())
+        finally:
+            listener.close()  # the server holds its own duplicate of the descriptor
         self._server.daemon_threads = True
-        port = self._server.server_port
+        port = self._server.port
         base = f"https://{HOST}:{port}"
         ca_bundle = str((self.state_dir / "ca.pem").resolve())
         self.app = holder["app"] = SandboxApp(base, ca_bundle)
