@@ -399,3 +399,20 @@ def test_every_refusal_of_the_token_endpoint_has_entras_documented_shape(sandbox
     body = assert_entra_error(entra_call(info, method, path, form, correlation), status, error, code,
                               correlation=correlation)
     assert info["admin_client_secret"] not in json.dumps(body) and "not-the-secret" not in json.dumps(body)
+
+
+def test_a_retry_after_from_entra_holds_back_the_callers_token_requests_not_its_other_calls(sandbox, faults):
+    info = sandbox.info
+    app = sandbox.control.register_app(display_name="held back", client_secret="held-back-secret")
+    form = client_credentials(info, client_id=app["client_id"], client_secret="held-back-secret",
+                              scope="https://graph.microsoft.com/.default")
+    token_path = f"/{info['tenant_id']}/oauth2/v2.0/token"
+    seq = max((e["seq"] for e in sandbox.control.log()), default=0)
+    faults.add_fault(path=r"/oauth2/v2\.0/token$", status=429, retry_after=30, count=1)
+    assert entra_call(info, "POST", token_path, form).status_code == 429
+    token = entra_call(info, "POST", token_path, form).json()["access_token"]  # at once: inside the window
+    requests.get(info["partner_center_url"] + PC_PRODUCTS, headers={"Authorization": f"Bearer {token}"},
+                 verify=info["ca_bundle"], timeout=10)  # another service: Entra's window does not apply
+    mine = [(e["kind"], e["inside_retry_after"]) for e in sandbox.control.log(since=seq)
+            if e["caller"] == app["client_id"]]
+    assert mine == [("entra", False), ("entra", True), ("partnercenter", False)]

@@ -1,6 +1,6 @@
 """The sandbox's request log (`GET /_control/log`): one entry per request, with the caller, the status
 (0 = connection reset) and whether it was sent inside a Retry-After window an earlier answer gave the
-same caller for the same organization."""
+same caller for the same service (and organization)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class RequestLog:
         self._lock = threading.Lock()
         self._entries: list[dict[str, Any]] = []
         self._seq = 0
-        self._retry_until: dict[tuple[str, str], float] = {}  # (org, caller) -> end of its Retry-After window
+        self._retry_until: dict[tuple[str, str, str], float] = {}  # (kind, org, caller) -> end of Retry-After
 
     def reset(self) -> None:
         with self._lock:
@@ -50,7 +50,7 @@ class RequestLog:
         if label is None:
             return
         with self._lock:
-            until = self._retry_until.get((entry["org"] or "", label))
+            until = self._retry_until.get(self._window_key(entry, label))
         if until is not None and time.time() < until:
             entry["inside_retry_after"] = True
 
@@ -59,9 +59,15 @@ class RequestLog:
         if retry_after and entry["caller"] is not None:
             until = retry_after_until(retry_after)
             entry["throttled_until"] = until
-            key = (entry["org"] or "", entry["caller"])
+            key = self._window_key(entry, entry["caller"])
             with self._lock:
                 self._retry_until[key] = max(until, self._retry_until.get(key, 0.0))
+
+    @staticmethod
+    def _window_key(entry: dict[str, Any], caller: str) -> tuple[str, str, str]:
+        """A Retry-After binds the caller for the service (and organization) that sent it: Entra's does not
+        hold back Partner Center or Dataverse requests."""
+        return entry["kind"] or "", entry["org"] or "", caller
 
     def record(self, entry: dict[str, Any], started: float) -> None:
         entry["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
