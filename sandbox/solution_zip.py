@@ -21,7 +21,8 @@ from defusedxml import DefusedXmlException
 DEFAULT_UNIQUE_NAME = "MicrosoftMarketplacesLeadIntegrationSolution"
 DEFAULT_ROLE_NAME = "Microsoft Marketplace Lead Writer"
 DEPTHS = ("Basic", "Local", "Deep", "Global")
-# "only has permissions to write leads and to track the solution version for compatibility" (procedure.md)
+# The Lead Writer role "only has permissions to write leads and to track the solution version for
+# compatibility" (Microsoft's procedure, docs/sandbox.md "The Lead Writer's lead plug-in")
 DEFAULT_PRIVILEGES: tuple[tuple[str, str], ...] = (
     ("prvCreateLead", "Global"),
     ("prvReadLead", "Global"),

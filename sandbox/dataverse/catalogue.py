@@ -116,7 +116,8 @@ def find(name: str) -> Privilege | None:
     return PRIVILEGES.get(name.lower())
 
 
-# The privileges of the procedure's two grants (procedure.md step 3), with the depth it sets.
+# The privileges of the procedure's two grants to the Lead Writer role, with the depth each sets
+# (docs/sandbox.md, "The Lead Writer's lead plug-in").
 PROCEDURE_GRANTS: tuple[tuple[str, str], ...] = (
     ("prvCreateUserEntityUISettings", "Basic"),
     ("prvReadUserEntityUISettings", "Basic"),
