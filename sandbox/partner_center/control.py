@@ -4,6 +4,7 @@ fail the next configure job, tune job duration, read the state with secrets mask
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -13,37 +14,36 @@ from sandbox.common import json_response
 from sandbox.partner_center.account import PartnerCenter, error
 from sandbox.partner_center.schema import SCHEMA_BASE, SUPPORTED_VERSIONS, mask
 
-Handler = Callable[[list[str], dict[str, Any]], Response]
+Handler = Callable[[re.Match[str], dict[str, Any]], Response]
 
 
 class AccountControl:
-    """The control routes of one account: (method, first path segment) → handler."""
+    """The control routes of one account: (method, path pattern) → handler."""
 
     def __init__(self, account: PartnerCenter) -> None:
         self.account = account
-        self.routes: dict[tuple[str, str], Handler] = {
-            ("GET", "state"): lambda parts, body: json_response(self.account.state()),
-            ("POST", "products"): self._add_product,
-            ("POST", "managers"): self._add_manager,
-            ("DELETE", "managers"): self._remove_manager,
-            ("POST", "drift"): lambda parts, body: self._drift(body),
-            ("POST", "fail-next"): self._fail_next,
-            ("POST", "settings"): self._settings,
-            ("POST", "reset"): self._reset,
-        }
+        routes: list[tuple[str, str, Handler]] = [
+            ("GET", "state", lambda m, body: json_response(self.account.state())),
+            ("POST", "products", self._add_product),
+            ("POST", "managers", self._add_manager),
+            ("DELETE", "managers/([^/]+)", self._remove_manager),
+            ("POST", "drift", lambda m, body: self._drift(body)),
+            ("POST", "fail-next", self._fail_next),
+            ("POST", "settings", self._settings),
+            ("POST", "reset", self._reset),
+        ]
+        self.routes = [(method, re.compile(pattern), handler) for method, pattern, handler in routes]
 
     def handle(self, request: Request, subpath: str) -> Response:
-        parts = [p for p in subpath.strip("/").split("/") if p]
         body = request.get_json(silent=True) or {}
-        handler = self.routes.get((request.method, parts[0])) if parts else None
-        expected_length = 2 if parts[:1] == ["managers"] and request.method == "DELETE" else 1
-        if handler is None or len(parts) != expected_length:
-            return error(404, "NotFound", f"No control route for {request.method} /{subpath}.")
-        with self.account.lock:
-            self.account.advance()
-            return handler(parts, body)
+        for method, pattern, handler in self.routes:
+            if method == request.method and (m := pattern.fullmatch(subpath.strip("/"))):
+                with self.account.lock:
+                    self.account.advance()
+                    return handler(m, body)
+        return error(404, "NotFound", f"No control route for {request.method} /{subpath}.")
 
-    def _add_product(self, parts: list[str], body: dict[str, Any]) -> Response:
+    def _add_product(self, m: re.Match[str], body: dict[str, Any]) -> Response:
         external_id = body.get("externalId")
         if not external_id:
             return error(400, "BadRequest", "externalId is required")
@@ -53,27 +53,27 @@ class AccountControl:
             return error(409, "Conflict", str(exc))
         return json_response({"id": guid})
 
-    def _add_manager(self, parts: list[str], body: dict[str, Any]) -> Response:
+    def _add_manager(self, m: re.Match[str], body: dict[str, Any]) -> Response:
         client_id = str(body.get("client_id", "")).lower()
         if not client_id:
             return error(400, "BadRequest", "client_id is required")
         self.account.managers.add(client_id)
         return json_response({"managers": sorted(self.account.managers)})
 
-    def _remove_manager(self, parts: list[str], body: dict[str, Any]) -> Response:
-        self.account.managers.discard(parts[1].lower())
+    def _remove_manager(self, m: re.Match[str], body: dict[str, Any]) -> Response:
+        self.account.managers.discard(m.group(1).lower())
         return json_response({"managers": sorted(self.account.managers)})
 
-    def _fail_next(self, parts: list[str], body: dict[str, Any]) -> Response:
+    def _fail_next(self, m: re.Match[str], body: dict[str, Any]) -> Response:
         self.account.fail_next.append(str(body.get("message") or "The lead destination could not be validated."))
         return json_response({"pending": len(self.account.fail_next)})
 
-    def _settings(self, parts: list[str], body: dict[str, Any]) -> Response:
+    def _settings(self, m: re.Match[str], body: dict[str, Any]) -> Response:
         if "job_seconds" in body:
             self.account.job_seconds = float(body["job_seconds"])
         return json_response({"job_seconds": self.account.job_seconds})
 
-    def _reset(self, parts: list[str], body: dict[str, Any]) -> Response:
+    def _reset(self, m: re.Match[str], body: dict[str, Any]) -> Response:
         self.account.reset()
         return json_response({})
 
