@@ -127,6 +127,16 @@ def test_serve_on_a_given_port_names_and_serves_that_port_everywhere(tmp_path):
         who = session.get(f"{added['instance_url']}/api/data/v9.2/WhoAmI", timeout=20,
                           headers={"Authorization": f"Bearer {token['access_token']}"})
         assert who.status_code == 200, who.text
+        graph = session.post(f"{info['authority']}/oauth2/v2.0/token", timeout=20, data={
+            "grant_type": "client_credentials", "client_id": info["admin_client_id"],
+            "client_secret": info["admin_client_secret"], "scope": f"{GRAPH}/.default"}).json()["access_token"]
+        version = "2022-03-01-preview2"
+        job = session.post(f"{info['partner_center_url']}/configure?$version={version}", timeout=20,
+                           headers={"Authorization": f"Bearer {graph}"},
+                           json={"$schema": f"https://schema.mp.microsoft.com/schema/configure/{version}",
+                                 "resources": []})
+        assert job.status_code == 202, job.text
+        assert job.json()["resourceUri"].startswith(f"https://{host}/rp/product-ingestion/configure/")
         session.close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0

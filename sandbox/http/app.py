@@ -70,7 +70,7 @@ class SandboxApp:
         self.faults = FaultRules()
         self.protection = ServiceProtection(self.settings)
         self.files = HostedFiles(base_url)
-        self.partner_center = PartnerCenter(self.directory, self.settings)
+        self.partner_center = PartnerCenter(self.directory, self.settings, self.partner_center_url)
         self.control = ControlApi(self)
         self._lock = threading.RLock()
         self._orgs: dict[str, Organization] = {}
@@ -101,6 +101,10 @@ class SandboxApp:
             self.protection.reset()
             self.files.clear()
             self.add_org(DEFAULT_ORG)
+
+    @property
+    def partner_center_url(self) -> str:
+        return f"{self.base_url}/rp/product-ingestion"
 
     def instance_url(self, name: str) -> str:
         return f"{self.base_url}/orgs/{name}"

@@ -182,7 +182,7 @@ class Sandbox:
             "leadwriter_client_id": LEADWRITER_CLIENT_ID,
             "leadwriter_client_secret": LEADWRITER_CLIENT_SECRET,
             "control_url": f"{base}/_control",
-            "partner_center_url": f"{base}/rp/product-ingestion",
+            "partner_center_url": self.app.partner_center_url,
             "port": port,
         }
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},

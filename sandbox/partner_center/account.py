@@ -41,9 +41,11 @@ def error(status: int, code: str, message: str) -> Response:
 class PartnerCenter:
     """The Product Ingestion API of one Partner Center account, thread-safe."""
 
-    def __init__(self, directory: Any = None, settings: SandboxSettings | None = None) -> None:
+    def __init__(self, directory: Any = None, settings: SandboxSettings | None = None,
+                 base_url: str = PUBLIC_BASE) -> None:
         self.directory = directory
         self.settings = settings or SandboxSettings()
+        self.base_url = base_url.rstrip("/")  # where this API is served: its answers' resourceUri point here
         self.lock = threading.RLock()
         self.reset()
 
@@ -147,7 +149,7 @@ class PartnerCenter:
         status = self._status(job)
         body = {"$schema": f"{SCHEMA_BASE}/configure-status/{version}", "jobId": job["jobId"],
                 "jobStatus": status, "jobResult": job["jobResult"], "jobStart": job["jobStart"],
-                "resourceUri": f"{PUBLIC_BASE}/configure/{job['jobId']}", "errors": job["errors"]}
+                "resourceUri": f"{self.base_url}/configure/{job['jobId']}", "errors": job["errors"]}
         if status == "completed":
             body["jobEnd"] = job["jobEnd"]
         return body

@@ -14,7 +14,7 @@ from sandbox.common import GUID_PATTERN
 
 SCHEMA_BASE = "https://schema.mp.microsoft.com/schema"
 SUPPORTED_VERSIONS = ("2022-03-01-preview2", "2022-03-01-preview3", "2022-03-01-preview5")
-PUBLIC_BASE = "https://graph.microsoft.com/rp/product-ingestion"
+PUBLIC_BASE = "https://graph.microsoft.com/rp/product-ingestion"  # where Microsoft serves the API
 MASKED = "*********"  # what the API returns in place of applicationKey / password
 LEAD_DESTINATIONS = ("none", "blob", "dynamics", "email", "httpsEndpoint", "marketo", "salesforce", "table")
 DYNAMICS_FIELDS = (
