@@ -130,7 +130,7 @@ def _step(event: auto.EngineEvent) -> Step | None:
 class Project:
     """A copy of the program with its own backend and PULUMI_HOME (`root/state`, `root/home`)."""
 
-    def __init__(self, root: Path, *, home: Path | None = None) -> None:
+    def __init__(self, root: Path, *, home: Path | None = None, env: Mapping[str, str] | None = None) -> None:
         self.root = root
         self.dir = root / "project"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -140,6 +140,7 @@ class Project:
                 link.symlink_to(REPO / name)
         shutil.copy(REPO / "Pulumi.yaml", self.dir / "Pulumi.yaml")
         self.env = pulumi_env(self.dir, home=home or root / "home", backend=root / "state")
+        self.env.update(env or {})  # e.g. TMPDIR, where the CLI writes its -v logs
 
     def workspace(self) -> auto.LocalWorkspace:
         return auto.LocalWorkspace(
@@ -305,11 +306,14 @@ def dev_config(info: Mapping[str, Any], instance_url: str, solution_zip: Path) -
 
 
 def dev_stack(root: Path, info: Mapping[str, Any], instance_url: str, solution_zip: Path, *,
-              name: str = "dev", extra: Mapping[str, Any] | None = None, home: Path | None = None) -> Stack:
-    """A fresh project under `root` with the dev stack pointed at `instance_url` of the sandbox `info`."""
-    config, secrets = dev_config(info, instance_url, solution_zip)
+              name: str = "dev", extra: Mapping[str, Any] | None = None, home: Path | None = None,
+              secrets: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None) -> Stack:
+    """A fresh project under `root` with the dev stack pointed at `instance_url` of the sandbox `info`;
+    `extra` and `secrets` override its settings, `env` adds to the CLI's environment."""
+    config, dev_secrets = dev_config(info, instance_url, solution_zip)
     config.update(extra or {})
-    return Project(root, home=home).stack(name, config, secrets)
+    dev_secrets.update(secrets or {})
+    return Project(root, home=home, env=env).stack(name, config, dev_secrets)
 
 
 def leaked(texts: Iterable[str], needles: Iterable[str]) -> list[str]:
