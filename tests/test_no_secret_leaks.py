@@ -1,12 +1,15 @@
 """Cross-cutting proof that no secret leaks: with distinctive credentials, drive the real code paths
-(the provider host over gRPC, providers in-process, failures of every kind) and search all they
-emit — printed text, state file, host stderr, DEBUG logs, exception texts, request log, temp files."""
+(a whole stack lifecycle through the real Pulumi CLI, the provider host over gRPC, providers in-process,
+failures of every kind) and search all they emit — printed text, engine events, the checkpoint, the
+CLI's automatic logs (decrypted) and -v logs, host stderr, DEBUG logs, exception texts, request log, files."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import re
+import subprocess
 import traceback
 import uuid
 from collections.abc import Callable
@@ -24,6 +27,7 @@ from dynamics_provider.solution import SolutionImportProvider
 from sandbox.solution_zip import build_solution_zip
 from sandbox.testing import stack_config
 from tests.harness.provider_host import ProviderError, ProviderHost, Secret, provider_ref, urn_for
+from tests.harness.stacks import Run, Stack, dev_stack
 
 REPO = Path(__file__).resolve().parent.parent
 # header.payload of a JWT: a bearer token or an assertion (chance matches of "eyJ" in base64 are not enough)
@@ -69,10 +73,19 @@ class Capture:
             if isinstance(getattr(exc, name, None), str):
                 self.add(f"{where}: .{name}", getattr(exc, name))
 
-    def files(self, root: Path) -> None:
+    def files(self, root: Path, *, decode: Callable[[Path], str | None] | None = None) -> int:
+        """Every file under `root` (symlinks into the repository left out), as bytes and, where `decode`
+        reads it, as the text it stands for (a compressed or encrypted log); returns how many."""
+        count = 0
         for path in sorted(root.rglob("*")):
-            if path.is_file():
-                self.add(f"file {path.relative_to(root)}", path.read_bytes().decode(errors="replace"))
+            inside = path.relative_to(root)
+            if path.is_file() and not path.is_symlink() and not any((root / p).is_symlink() for p in inside.parents):
+                count += 1
+                self.add(f"file {inside}", path.read_bytes().decode(errors="replace"))
+                text = decode(path) if decode else None
+                if text is not None:
+                    self.add(f"file {inside} (decoded)", text)
+        return count
 
     def leaks(self, creds: Credentials) -> list[str]:
         found = []
@@ -322,3 +335,119 @@ def test_certificate_password_and_federated_assertion_of_the_deployer_stay_out_o
     leaks += [f"wrong certificate password in {w}" for w, t in capture.texts if wrong_cert_password in t]
     assert leaks == []
     assert JWT.search(assertion), "the federated assertion is a JWT, so the search above would find it"
+
+
+# ----------------------------------------------------------------------------------------------
+# a whole lifecycle through the real CLI: what a user sees, keeps and sends when debugging
+
+
+def decoded_log(stack: Stack) -> Callable[[Path], str | None]:
+    """What `pulumi logs decrypt` shows of an automatic log under $PULUMI_HOME/logs: the CLI writes them
+    encrypted with the stack's secrets provider (PLOG) or gzip-compressed; the bytes alone would hide a
+    leak. None for any other file."""
+
+    def decode(path: Path) -> str | None:
+        head = path.read_bytes()[:4]
+        if head == b"PLOG":
+            shown = stack.cli("logs", "decrypt", str(path))
+            assert shown.stdout.strip(), f"{path.name} decrypted to nothing"
+            return shown.stdout
+        if head[:2] == b"\x1f\x8b":
+            return gzip.decompress(path.read_bytes()).decode(errors="replace")
+        return None
+
+    return decode
+
+
+def test_a_real_cli_lifecycle_with_an_offer_and_its_failures_emits_no_secret_and_no_token(
+    sandbox: Any, org: str, creds: Credentials, tmp_path: Path
+) -> None:
+    since = last_seq(sandbox)
+    tenant = sandbox.info["tenant_id"]
+    offer_id = f"leak-offer-{creds.tag}"
+    sandbox.control.partner_center("POST", "products", {"externalId": offer_id})
+    zip_path = tmp_path / "solution_managed.zip"
+    zip_path.write_bytes(build_solution_zip(version="1.0.0.0"))
+    root, temp = tmp_path / "cli", tmp_path / "tmp"
+    temp.mkdir()
+    stack = dev_stack(
+        root, sandbox.info, org, zip_path,
+        extra={"existingApplication": {"clientId": creds.writer_id, "tenantId": tenant}, "offer": offer_id},
+        secrets={"existingApplicationSecret": creds.writer_secret, "deployerClientSecret": creds.deployer_secret},
+        # where `-v` logs go without --logtostderr, and every temporary file of the CLI, host and providers
+        env={"TMPDIR": str(temp), "LEAD_DESTINATION_CACHE_DIR": str(tmp_path / "cache")},
+    )
+    capture = Capture()
+
+    def record(where: str, run: Run | subprocess.CompletedProcess) -> Any:
+        capture.add(f"{where}: stdout", run.stdout)
+        capture.add(f"{where}: stderr", run.stderr)
+        if isinstance(run, Run):  # the engine's events, debug diagnostics included
+            capture.add(f"{where}: diagnostics", "\n".join(f"{d.severity} {d.urn} {d.message}" for d in run.diagnostics))
+        return run
+
+    def checkpoint(after: str) -> None:
+        record(f"pulumi stack export after {after}", stack.cli("stack", "export"))
+
+    preview = record("preview", stack.preview())
+    assert preview.ok and "dev-offer" in preview.planned(), preview.text
+    up = record("up", stack.up())
+    assert up.ok and up.planned().get("dev-offer") == "create", up.text
+    checkpoint("up")
+    record("pulumi stack output", stack.cli("stack", "output", "--json"))
+    record("pulumi config", stack.cli("config"))
+    # --show-secrets is the way to see them: the secret is in the checkpoint and the outputs, encrypted
+    shown = stack.cli("stack", "export", "--show-secrets").stdout
+    assert creds.writer_secret in shown and creds.writer_secret not in stack.cli("stack", "export").stdout
+    assert json.loads(stack.cli("stack", "output", "partnerCenter", "--show-secrets", "--json").stdout)[
+        "clientSecret"] == creds.writer_secret
+
+    # a person disables the lead writer in Dynamics; `up --refresh` repairs it
+    state = sandbox.control.state(org)
+    writer_user = next(u for u in state["systemusers"] if u.get("applicationid") == creds.writer_id)
+    sandbox.control.drift(org, "disable_user", systemuserid=writer_user["systemuserid"])
+    repaired = record("up --refresh", stack.up(refresh=True))
+    assert repaired.ok and "dev-dynamics-user" in repaired.planned(), repaired.text
+
+    # a refused lead-writer secret, run the way Pulumi's docs say to debug one: engine and providers at
+    # -v=10 on stderr (the level up to which Pulumi avoids exposing known credentials)
+    stack.set_config("existingApplicationSecret", creds.wrong_secret, secret=True)
+    refused = record("up --logtostderr --logflow -v=10", stack.cli(
+        "up", "--yes", "--skip-preview", "--logtostderr", "--logflow", "-v=10", check=False))
+    assert refused.returncode != 0 and "dev-dynamics-check" in refused.stdout, refused.stdout
+    # the debug log shows the inputs of each resource, the secret ones masked
+    assert creds.writer_id in refused.stderr and "client_secret:{[secret]}" in refused.stderr
+    checkpoint("the refused up")
+    stack.set_config("existingApplicationSecret", creds.writer_secret, secret=True)
+
+    # refresh with -v=9 and no --logtostderr: the engine writes its log to $TMPDIR
+    refreshed = record("refresh -v=9", stack.cli("refresh", "--yes", "-v=9"))
+    assert refreshed.returncode == 0
+    assert list(temp.glob("pulumi*.log.*")), "the -v=9 log file went to TMPDIR"
+    destroyed = record("destroy", stack.destroy())
+    assert destroyed.ok and destroyed.planned().get("dev-offer") == "delete", destroyed.text
+    checkpoint("destroy")
+
+    said = "\n".join(text for _, text in capture.texts)
+    assert "dynamics_provider: SolutionImport" in said, "the provider's stderr, as the CLI shows it, was captured"
+    capture.add("sandbox request log", log_text(sandbox, since))
+    home = Path(stack.project.env["PULUMI_HOME"])
+    logs = sorted((home / "logs").glob("*.log"))
+    assert len(logs) >= 6, "the CLI writes an automatic log per command under $PULUMI_HOME/logs"
+    files = {name: capture.files(path, decode=decoded_log(stack)) for name, path in (
+        ("PULUMI_HOME", home), ("backend", root / "state"), ("project", stack.project.dir), ("TMPDIR", temp))}
+    assert all(files.values()), files
+    decrypted = "\n".join(text for where, text in capture.texts if where.endswith("(decoded)"))
+    # decrypted, they are the engine's log of each step (property values are not logged at their level)
+    assert "Provider[" in decrypted and "::dev-offer" in decrypted, "the automatic logs were read"
+    assert_clean(capture, creds, sources=40)
+
+    # the search finds what it looks for in each kind of source: a planted secret in a file under
+    # $PULUMI_HOME and a real sandbox token in printed text
+    planted = home / "logs" / "planted.txt"
+    planted.write_text(f"clientSecret={creds.deployer_secret}")
+    token = sandbox.control.issue_token(audience=sandbox.info["instance_url"], client_id=creds.writer_id)
+    check = Capture()
+    check.files(home)
+    check.add("printed", f"Authorization: Bearer {token['access_token']}")
+    assert check.leaks(creds) == ["deployer_secret in file logs/planted.txt", "a JWT in printed"]

@@ -48,8 +48,21 @@ class Step:
 
 
 @dataclass
+class Diagnostic:
+    """One diagnostic the engine reported (`severity`: info, info#err, warning, error), for `urn` or none."""
+
+    severity: str
+    message: str
+    urn: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.urn.rsplit("::", 1)[-1] if self.urn else ""
+
+
+@dataclass
 class Run:
-    """What one CLI operation did: its exit, its printed text and the steps from its engine events."""
+    """What one CLI operation did: its exit, its printed text, the steps and diagnostics of its engine events."""
 
     verb: str
     ok: bool
@@ -60,10 +73,15 @@ class Run:
     outputs: dict[str, Any]
     summary: dict[str, int]
     seconds: float
+    diagnostics: list[Diagnostic] = field(default_factory=list)
 
     @property
     def text(self) -> str:
         return self.stdout + self.stderr
+
+    def errors(self) -> list[Diagnostic]:
+        """The diagnostics of severity `error`, in the order the engine reported them."""
+        return [d for d in self.diagnostics if d.severity == "error"]
 
     def ops(self, *ops: str) -> list[Step]:
         return [s for s in self.steps if s.op in ops]
@@ -112,7 +130,7 @@ def _step(event: auto.EngineEvent) -> Step | None:
 class Project:
     """A copy of the program with its own backend and PULUMI_HOME (`root/state`, `root/home`)."""
 
-    def __init__(self, root: Path, *, home: Path | None = None) -> None:
+    def __init__(self, root: Path, *, home: Path | None = None, env: Mapping[str, str] | None = None) -> None:
         self.root = root
         self.dir = root / "project"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -122,6 +140,7 @@ class Project:
                 link.symlink_to(REPO / name)
         shutil.copy(REPO / "Pulumi.yaml", self.dir / "Pulumi.yaml")
         self.env = pulumi_env(self.dir, home=home or root / "home", backend=root / "state")
+        self.env.update(env or {})  # e.g. TMPDIR, where the CLI writes its -v logs
 
     def workspace(self) -> auto.LocalWorkspace:
         return auto.LocalWorkspace(
@@ -154,8 +173,12 @@ class Stack:
     def _run(self, verb: str, call: Any, **kwargs: Any) -> Run:
         steps: list[Step] = []
         outputs_seen: list[Step] = []
+        diagnostics: list[Diagnostic] = []
 
         def on_event(event: auto.EngineEvent) -> None:
+            diag = event.diagnostic_event
+            if diag is not None:
+                diagnostics.append(Diagnostic(str(diag.severity), diag.message or "", diag.urn or ""))
             step = _step(event)
             if step is None:
                 return
@@ -168,17 +191,17 @@ class Stack:
         try:
             result = call(on_event=on_event, **kwargs)
         except auto.errors.CommandError as error:
-            stdout, stderr = getattr(error, "stdout", "") or "", getattr(error, "stderr", "") or ""
+            stdout, stderr = _printed(error)
             code = _exit_code(error)
             return Run(verb, False, code, stdout, stderr, _merge(steps, outputs_seen), {}, {},
-                       time.monotonic() - started)
+                       time.monotonic() - started, diagnostics)
         seconds = time.monotonic() - started
         summary = getattr(result, "change_summary", None) or {}
         if hasattr(result, "summary") and result.summary is not None:
             summary = result.summary.resource_changes or {}
         outputs = {k: v.value for k, v in (getattr(result, "outputs", None) or {}).items()}
         return Run(verb, True, 0, result.stdout or "", result.stderr or "", _merge(steps, outputs_seen),
-                   outputs, {str(k): int(v) for k, v in summary.items()}, seconds)
+                   outputs, {str(k): int(v) for k, v in summary.items()}, seconds, diagnostics)
 
     def up(self, refresh: bool = False, **kwargs: Any) -> Run:
         return self._run("up", self.auto.up, refresh=refresh or None, diff=True, **kwargs)
@@ -240,6 +263,17 @@ def _merge(pre: list[Step], outputs: list[Step]) -> list[Step]:
     return merged
 
 
+def _printed(error: Exception) -> tuple[str, str]:
+    """(stdout, stderr) of a failed command: the Automation API keeps them only in the error's text,
+    `"\\n code: N\\n stdout: ...\\n stderr: ..."`."""
+    text = str(error)
+    _, sep, rest = text.partition("\n stdout: ")
+    if not sep:
+        return "", text
+    stdout, sep, stderr = rest.rpartition("\n stderr: ")
+    return (stdout, stderr) if sep else (rest, "")
+
+
 def _exit_code(error: Exception) -> int:
     text = str(error)
     marker = "code: "
@@ -272,11 +306,14 @@ def dev_config(info: Mapping[str, Any], instance_url: str, solution_zip: Path) -
 
 
 def dev_stack(root: Path, info: Mapping[str, Any], instance_url: str, solution_zip: Path, *,
-              name: str = "dev", extra: Mapping[str, Any] | None = None, home: Path | None = None) -> Stack:
-    """A fresh project under `root` with the dev stack pointed at `instance_url` of the sandbox `info`."""
-    config, secrets = dev_config(info, instance_url, solution_zip)
+              name: str = "dev", extra: Mapping[str, Any] | None = None, home: Path | None = None,
+              secrets: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None) -> Stack:
+    """A fresh project under `root` with the dev stack pointed at `instance_url` of the sandbox `info`;
+    `extra` and `secrets` override its settings, `env` adds to the CLI's environment."""
+    config, dev_secrets = dev_config(info, instance_url, solution_zip)
     config.update(extra or {})
-    return Project(root, home=home).stack(name, config, secrets)
+    dev_secrets.update(secrets or {})
+    return Project(root, home=home, env=env).stack(name, config, dev_secrets)
 
 
 def leaked(texts: Iterable[str], needles: Iterable[str]) -> list[str]:
