@@ -104,9 +104,19 @@ def _step(event: auto.EngineEvent) -> Step | None:
             if meta.new is None or not meta.new.id:
                 diffs = ("<gone>",)
             else:
-                diffs = tuple(sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)))
+                diffs = tuple(sorted(k for k in set(old) | set(new) if _bare(old.get(k)) != _bare(new.get(k))))
         return Step(op, meta.urn, meta.type, diffs, detailed, failed)
     return None
+
+
+def _bare(value: Any) -> Any:
+    """A value without its null map entries: the engine keeps `{"a": null}` from a create but drops the
+    null entries of what a refresh read, and shows no difference between the two (nor do we)."""
+    if isinstance(value, dict):
+        return {k: _bare(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_bare(v) for v in value]
+    return value
 
 
 class Project:
@@ -168,8 +178,7 @@ class Stack:
         try:
             result = call(on_event=on_event, **kwargs)
         except auto.errors.CommandError as error:
-            stdout, stderr = getattr(error, "stdout", "") or "", getattr(error, "stderr", "") or ""
-            code = _exit_code(error)
+            stdout, stderr, code = _output(error)
             return Run(verb, False, code, stdout, stderr, _merge(steps, outputs_seen), {}, {},
                        time.monotonic() - started)
         seconds = time.monotonic() - started
@@ -240,14 +249,14 @@ def _merge(pre: list[Step], outputs: list[Step]) -> list[Step]:
     return merged
 
 
-def _exit_code(error: Exception) -> int:
+def _output(error: Exception) -> tuple[str, str, int]:
+    """(stdout, stderr, exit code) of a failed command. The Automation API's CommandError keeps them only
+    in its text, "\n code: N\n stdout: ...\n stderr: ..." (pulumi.automation._cmd.CommandResult)."""
     text = str(error)
-    marker = "code: "
-    if marker in text:
-        digits = text.split(marker, 1)[1].split()[0].strip(" \n\r\t:,")
-        if digits.lstrip("-").isdigit():
-            return int(digits)
-    return 1
+    head, _, stderr = text.partition("\n stderr: ")
+    head, _, stdout = head.partition("\n stdout: ")
+    digits = head.partition("code: ")[2].strip()
+    return stdout, stderr, int(digits) if digits.lstrip("-").isdigit() else 1
 
 
 def dev_config(info: Mapping[str, Any], instance_url: str, solution_zip: Path) -> tuple[dict[str, Any], dict[str, str]]:
