@@ -205,9 +205,10 @@ class Stack:
     def outputs(self) -> dict[str, Any]:
         return {k: v.value for k, v in self.auto.outputs().items()}
 
-    def export(self) -> dict[str, Any]:
-        """The checkpoint as `pulumi stack export` gives it (secrets encrypted)."""
-        return json.loads(self.cli("stack", "export").stdout)
+    def export(self, show_secrets: bool = False) -> dict[str, Any]:
+        """The checkpoint as `pulumi stack export` gives it (secrets encrypted, unless `show_secrets`: then
+        the plaintext stays in memory, never written anywhere)."""
+        return json.loads(self.cli("stack", "export", *(["--show-secrets"] if show_secrets else [])).stdout)
 
     def set_config(self, key: str, value: Any, *, secret: bool = False) -> None:
         """Set one key (namespace added); objects and lists go in as YAML via the stack file."""
