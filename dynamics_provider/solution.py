@@ -159,9 +159,19 @@ class SolutionImportProvider(DataverseResourceProvider):
         if manifest is not None:
             if manifest.unique_name != olds.get("unique_name"):
                 changed.append("unique_name")
+            elif olds.get("version") and version_key(manifest.version) < version_key(str(olds["version"])):
+                # refused here, so `pulumi preview` says so, instead of planning an update that `up` refuses
+                raise self._downgrade(manifest, str(olds["version"]))
             if manifest.version != olds.get("version") or manifest.managed != olds.get("managed"):
                 changed.append("version")  # upgrade, or drift (installed version differs)
         return self.diff_result(changed)
+
+    def _downgrade(self, manifest: Manifest, installed: str) -> ResourceOperationError:
+        return self.refuse(
+            "import", manifest.unique_name,
+            f"version {installed} is installed and the zip has {manifest.version}; Dataverse cannot downgrade a solution",
+            "use a zip of version ≥ the installed one, or uninstall the solution first (then `pulumi up --refresh`)",
+        )
 
     def _manifest_offline(self, props: dict[str, Any]) -> Manifest | None:
         """The zip's manifest when it is available without network (local file or cached download)."""
@@ -328,12 +338,7 @@ class SolutionImportProvider(DataverseResourceProvider):
             if have == want:
                 return installed, False  # same version: adopt without importing
             if have > want:
-                raise self.refuse(
-                    "import", manifest.unique_name,
-                    f"version {installed['version']} is installed and the zip has {manifest.version}; "
-                    "Dataverse cannot downgrade a solution",
-                    "use a zip of version ≥ the installed one, or uninstall the solution first",
-                )
+                raise self._downgrade(manifest, installed["version"])
             action = "StageAndUpgradeAsync"
         self._import(client, action, data, manifest, timeout)
         if installed is not None:

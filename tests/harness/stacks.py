@@ -122,9 +122,19 @@ def _step(event: auto.EngineEvent) -> Step | None:
             if meta.new is None or not meta.new.id:
                 diffs = ("<gone>",)
             else:
-                diffs = tuple(sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)))
+                diffs = tuple(sorted(k for k in set(old) | set(new) if _bare(old.get(k)) != _bare(new.get(k))))
         return Step(op, meta.urn, meta.type, diffs, detailed, failed)
     return None
+
+
+def _bare(value: Any) -> Any:
+    """A value without its null map entries: the engine keeps `{"a": null}` from a create but drops the
+    null entries of what a refresh read, and shows no difference between the two (nor do we)."""
+    if isinstance(value, dict):
+        return {k: _bare(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_bare(v) for v in value]
+    return value
 
 
 class Project:
@@ -191,8 +201,7 @@ class Stack:
         try:
             result = call(on_event=on_event, **kwargs)
         except auto.errors.CommandError as error:
-            stdout, stderr = _printed(error)
-            code = _exit_code(error)
+            stdout, stderr, code = _output(error)
             return Run(verb, False, code, stdout, stderr, _merge(steps, outputs_seen), {}, {},
                        time.monotonic() - started, diagnostics)
         seconds = time.monotonic() - started
@@ -219,9 +228,10 @@ class Stack:
     def outputs(self) -> dict[str, Any]:
         return {k: v.value for k, v in self.auto.outputs().items()}
 
-    def export(self) -> dict[str, Any]:
-        """The checkpoint as `pulumi stack export` gives it (secrets encrypted)."""
-        return json.loads(self.cli("stack", "export").stdout)
+    def export(self, show_secrets: bool = False) -> dict[str, Any]:
+        """The checkpoint as `pulumi stack export` gives it (secrets encrypted, unless `show_secrets`: then
+        the plaintext stays in memory, never written anywhere)."""
+        return json.loads(self.cli("stack", "export", *(["--show-secrets"] if show_secrets else [])).stdout)
 
     def set_config(self, key: str, value: Any, *, secret: bool = False) -> None:
         """Set one key (namespace added); objects and lists go in as YAML via the stack file."""
@@ -263,25 +273,14 @@ def _merge(pre: list[Step], outputs: list[Step]) -> list[Step]:
     return merged
 
 
-def _printed(error: Exception) -> tuple[str, str]:
-    """(stdout, stderr) of a failed command: the Automation API keeps them only in the error's text,
-    `"\\n code: N\\n stdout: ...\\n stderr: ..."`."""
+def _output(error: Exception) -> tuple[str, str, int]:
+    """(stdout, stderr, exit code) of a failed command. The Automation API's CommandError keeps them only
+    in its text, "\n code: N\n stdout: ...\n stderr: ..." (pulumi.automation._cmd.CommandResult)."""
     text = str(error)
-    _, sep, rest = text.partition("\n stdout: ")
-    if not sep:
-        return "", text
-    stdout, sep, stderr = rest.rpartition("\n stderr: ")
-    return (stdout, stderr) if sep else (rest, "")
-
-
-def _exit_code(error: Exception) -> int:
-    text = str(error)
-    marker = "code: "
-    if marker in text:
-        digits = text.split(marker, 1)[1].split()[0].strip(" \n\r\t:,")
-        if digits.lstrip("-").isdigit():
-            return int(digits)
-    return 1
+    head, _, stderr = text.partition("\n stderr: ")
+    head, _, stdout = head.partition("\n stdout: ")
+    digits = head.partition("code: ")[2].strip()
+    return stdout, stderr, int(digits) if digits.lstrip("-").isdigit() else 1
 
 
 def dev_config(info: Mapping[str, Any], instance_url: str, solution_zip: Path) -> tuple[dict[str, Any], dict[str, str]]:
