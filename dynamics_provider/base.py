@@ -27,9 +27,9 @@ from dynamics_provider.errors import (
     LeadDestinationError,
     NotFound,
 )
+from dynamics_provider.masking import quote
 
 UNKNOWN = rpc.UNKNOWN  # the wire sentinel of a value not known yet (preview)
-_CONFIG_PREFIXES = ("lead-destination:", "azuread:")
 GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 EMAIL_RE = re.compile(r"^[^@\s;,]+@[^@\s;,]+\.[^@\s;,]+$")
 
@@ -142,7 +142,7 @@ def need_https_url(value: Any) -> str | None:
         return "expected the organization's https URL, e.g. https://contoso.crm4.dynamics.com"
     parts = urlsplit(value)
     if parts.scheme != "https" or not parts.hostname:
-        return f"expected an https URL (https://<org>.crm<N>.dynamics.com), got {value!r}"
+        return f"expected an https URL (https://<org>.crm<N>.dynamics.com), got {quote(value, url=True)}"
     if parts.query or parts.fragment or parts.username or parts.password:
         return "expected a plain instance URL without query, fragment or credentials"
     return None
@@ -150,7 +150,7 @@ def need_https_url(value: Any) -> str | None:
 
 def need_guid(value: Any, what: str = "a GUID") -> str | None:
     if not isinstance(value, str) or not GUID_RE.match(value):
-        return f"expected {what} in the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, got {value!r}"
+        return f"expected {what} in the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, got {quote(value)}"
     return None
 
 
@@ -164,7 +164,7 @@ def need_text(value: Any, what: str, max_len: int = 256) -> str | None:
 
 def need_email(value: Any) -> str | None:
     if not isinstance(value, str) or not EMAIL_RE.match(value):
-        return f"expected an e-mail address such as leads@contoso.com, got {value!r}"
+        return f"expected an e-mail address such as leads@contoso.com, got {quote(value)}"
     return None
 
 
@@ -178,12 +178,12 @@ def need_role(inputs: Mapping[str, Any]) -> dict[str, str | None]:
 
 
 def need_bool(value: Any) -> str | None:
-    return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
+    return None if isinstance(value, bool) else f"expected true or false, got {quote(value)}"
 
 
 def need_positive_int(value: Any, maximum: int = 86400) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-        return f"expected a whole number of seconds, got {value!r}"
+        return f"expected a whole number of seconds, got {quote(value)}"
     if not 1 <= int(value) <= maximum:
         return f"expected between 1 and {maximum} seconds, got {int(value)}"
     return None
@@ -259,17 +259,11 @@ class DataverseResourceProvider(ResourceProvider):
     # -- configuration -------------------------------------------------------------------------
 
     def configure(self, req: ConfigureRequest) -> None:
-        raw = getattr(req.config, "_props", None) or {}
-        config: dict[str, str] = {}
-        for key, value in raw.items():
-            if not isinstance(key, str) or not key.startswith(_CONFIG_PREFIXES):
-                continue
-            value = _plain(value)
-            if isinstance(value, bool):
-                value = "true" if value else "false"
-            if isinstance(value, str | int | float):
-                config[key] = str(value)
-        self._config = config
+        """Keep the stack config the providers read: the declared deploying-identity keys and their
+        `azuread:*` fallbacks (dynamics_provider.config_schema), asked by name through `Config.get`."""
+        from dynamics_provider.config_schema import stack_config
+
+        self._config = stack_config(req.config.get)
 
     @property
     def settings(self) -> Any:
