@@ -6,11 +6,13 @@ check-time validators and error messages that name resource, operation, cause an
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import math
 import re
 import sys
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -38,6 +40,57 @@ log = logging.getLogger("dynamics_provider")
 
 class ResourceOperationError(LeadDestinationError):
     """A provider operation failed; the message names resource, operation, cause and what to do."""
+
+
+# ---------------------------------------------------------------------------------------------
+# how a failure reaches the user
+#
+# Pulumi's provider host (pulumi/dynamic/__main__.py) answers a failed call with the text of
+# `traceback.format_exc()`, and the CLI prints that text after `error: `: a whole Python traceback
+# ending in `dynamics_provider.base.ResourceOperationError: <message>`. Python's traceback module prints
+# no frames when `sys.tracebacklimit` is 0, and a class of module `builtins` without a module path.
+# So, in that host process only, every failure of a lifecycle method leaves as a `UserFacingFailure`
+# (shown as `lead-destination: <message>`) once, at the boundary below; a defect (an exception that is
+# no LeadDestinationError) keeps its trace inside the message, because that trace is what fixes it.
+
+
+class UserFacingFailure(Exception):
+    """What a provider operation raises to Pulumi's provider host: shown as `lead-destination: <message>`."""
+
+
+UserFacingFailure.__module__ = "builtins"  # no module path in front of the message
+UserFacingFailure.__qualname__ = UserFacingFailure.__name__ = "lead-destination"
+
+_LIFECYCLE = ("check", "diff", "create", "read", "update", "delete")
+
+
+def in_provider_host() -> bool:
+    """True in the process Pulumi runs dynamic providers in (`python -m pulumi.dynamic`)."""
+    main = sys.modules.get("__main__")
+    return getattr(getattr(main, "__spec__", None), "name", None) == "pulumi.dynamic.__main__"
+
+
+def user_facing(method: Callable[..., Any], resource_type: str, op: str) -> Callable[..., Any]:
+    """`method` whose failures, in the provider host, reach the CLI as their message only."""
+
+    @functools.wraps(method)
+    def run(self: Any, *args: Any) -> Any:
+        try:
+            return method(self, *args)
+        except Exception as exc:
+            if not in_provider_host():
+                raise
+            if isinstance(exc, LeadDestinationError):
+                text = str(exc)
+            else:
+                trace = "".join(traceback.format_exception(exc, limit=30)).rstrip()
+                text = (f"{resource_type} {op} failed unexpectedly ({type(exc).__name__}): this is a defect of "
+                        f"lead-destination; run `pulumi up` again, and report it with this trace:\n{trace}")
+            sys.tracebacklimit = 0  # the host formats our failure: its message, without our frames
+            raise UserFacingFailure(text) from None
+
+    run.__user_facing__ = True  # type: ignore[attr-defined]
+    return run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,6 +304,13 @@ class DataverseResourceProvider(ResourceProvider):
     replace_keys: tuple[str, ...] = ("instance_url",)
     #: secret inputs: re-wrapped as secrets wherever they are passed back
     secret_keys: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for op in _LIFECYCLE:
+            method = cls.__dict__.get(op)
+            if callable(method) and not getattr(method, "__user_facing__", False):
+                setattr(cls, op, user_facing(method, cls.resource_type, op))
 
     def __init__(self) -> None:
         super().__init__()
