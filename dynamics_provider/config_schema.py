@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import LeadDestinationError
 from .masking import quote
 
 NAMESPACE = "lead-destination"
@@ -276,9 +277,9 @@ TRUE = frozenset({"true", "1", "t"})
 FALSE = frozenset({"false", "0", "f"})
 
 
-class SettingValueError(ValueError):
-    """A value a setting cannot take; the message names the setting and what it expects, and quotes the
-    value through `quote` (so a secret or a URL's credentials are never in it)."""
+class SettingValueError(LeadDestinationError, ValueError):
+    """A value a setting cannot take; the message names the setting (and the source it came from) and
+    what it expects, and quotes the value through `quote` (so a secret or URL credentials never show)."""
 
 
 def expected(setting: Setting) -> str:

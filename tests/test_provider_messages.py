@@ -55,3 +55,15 @@ def test_a_check_failure_quoting_a_url_input_cuts_its_user_info_and_query():
     reason = need_https_url("http://leak-user:CheckUserMarker@x.crm.dynamics.com/?sig=CheckQueryMarker")
     assert reason is not None and "***@x.crm.dynamics.com/?…" in reason
     assert "CheckUserMarker" not in reason and "CheckQueryMarker" not in reason and "leak-user" not in reason
+
+
+def test_a_deployer_value_the_providers_cannot_read_names_its_source_and_is_a_user_error():
+    from dynamics_provider.auth import DeployerSettings
+    from dynamics_provider.errors import LeadDestinationError
+
+    with pytest.raises(LeadDestinationError) as caught:
+        DeployerSettings.from_sources({}, {"ARM_USE_CLI": "maybe"})
+    assert str(caught.value) == "ARM_USE_CLI: deployerUseAzureCli = 'maybe': expected true or false"
+    with pytest.raises(LeadDestinationError) as caught:
+        DeployerSettings.from_sources({"lead-destination:requestTimeoutSeconds": "https://u:EnvMarker@x?y"}, {})
+    assert "EnvMarker" not in str(caught.value) and "lead-destination:requestTimeoutSeconds" in str(caught.value)
