@@ -27,8 +27,10 @@ test-fast: $(STAMP) pulumi ## the suite without the heavy matrices
 bench: $(STAMP) pulumi ## performance figures against design.md's targets
 	$(PY) -m tools.bench
 
-lint: $(STAMP)
+lint: $(STAMP)      ## ruff; mypy on components/ and the settings declaration; generated config docs up to date
 	$(PY) -m ruff check .
+	$(PY) -m mypy components __main__.py dynamics_provider/config_schema.py dynamics_provider/masking.py
+	$(PY) -m tools.config_reference --check
 
 sandbox: $(STAMP)     ## serve the sandbox in the foreground on the default port
 	$(PY) -m sandbox serve

@@ -100,7 +100,7 @@ class EntraServiceIdentity(pulumi.ComponentResource):
 
         self.client_id = self.application.client_id
         self.tenant_id = self.service_principal.application_tenant_id
-        self.client_secret = pulumi.Output.secret(self.password.value)
+        self.client_secret: pulumi.Output[str] = pulumi.Output.secret(self.password.value)
         self.key_id = self.password.key_id
         self.secret_expires_on = pulumi.Output.from_input(expires_on)
         self.register_outputs(

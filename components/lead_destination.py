@@ -112,6 +112,7 @@ def offer_lead_destination(
     from dynamics_provider.offer_destination import OfferLeadDestination
 
     offer = settings.offer
+    assert offer is not None  # called only when the stack config sets `offer`
     offer_id = offer if isinstance(offer, str) else offer["id"]
     extra: dict[str, Any] = {}
     if isinstance(offer, dict) and offer.get("schemaVersion"):

@@ -49,7 +49,7 @@ class Office365ServiceAccount(pulumi.ComponentResource):
             keepers={"rotation": period.key},
             opts=child,
         )
-        self.password = pulumi.Output.secret(self.random_password.result)
+        self.password: pulumi.Output[str] = pulumi.Output.secret(self.random_password.result)
         self.user = azuread.User(
             f"{name}-user",
             user_principal_name=settings.user_principal_name,

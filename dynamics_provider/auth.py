@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from .errors import AuthenticationError
 from .hosts import authority_host as cloud_authority_host
-from .hosts import normalize_cloud, validate_authority_host
+from .hosts import validate_authority_host
 
 log = logging.getLogger(__name__)
 
@@ -44,58 +44,8 @@ _REFRESH_MARGIN_SECONDS = 300.0
 # Settings
 
 
-_SOURCES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
-    # field: (stack config keys, azuread config keys, environment variables) - first hit wins
-    "tenant_id": (("lead-destination:deployerTenantId",), ("azuread:tenantId",),
-                  ("ARM_TENANT_ID", "AZURE_TENANT_ID")),
-    "client_id": (("lead-destination:deployerClientId",), ("azuread:clientId",),
-                  ("ARM_CLIENT_ID", "AZURE_CLIENT_ID")),
-    "client_secret": (("lead-destination:deployerClientSecret",), ("azuread:clientSecret",),
-                      ("ARM_CLIENT_SECRET", "AZURE_CLIENT_SECRET")),
-    "certificate_path": (("lead-destination:deployerCertificatePath",), ("azuread:clientCertificatePath",),
-                         ("ARM_CLIENT_CERTIFICATE_PATH", "AZURE_CLIENT_CERTIFICATE_PATH")),
-    "certificate_password": (("lead-destination:deployerCertificatePassword",),
-                             ("azuread:clientCertificatePassword",), ("ARM_CLIENT_CERTIFICATE_PASSWORD",)),
-    "federated_token_file": (("lead-destination:deployerFederatedTokenFile",), ("azuread:oidcTokenFilePath",),
-                             ("ARM_OIDC_TOKEN_FILE_PATH", "AZURE_FEDERATED_TOKEN_FILE")),
-    "federated_token": ((), ("azuread:oidcToken",), ("ARM_OIDC_TOKEN",)),
-    "use_azure_cli": (("lead-destination:deployerUseAzureCli",), ("azuread:useCli",), ("ARM_USE_CLI",)),
-    "cloud": (("lead-destination:cloud",), ("azuread:environment",), ("ARM_ENVIRONMENT",)),
-    "authority_host": (("lead-destination:authorityHost",), (), ("LEAD_DESTINATION_AUTHORITY_HOST",)),
-    "ca_bundle": (("lead-destination:caBundle",), (), ("LEAD_DESTINATION_CA_BUNDLE",)),
-    "allow_loopback": (("lead-destination:allowLoopback",), (), ("LEAD_DESTINATION_ALLOW_LOOPBACK",)),
-    "partner_center_endpoint": (("lead-destination:partnerCenterEndpoint",), (),
-                                ("LEAD_DESTINATION_PARTNER_CENTER_ENDPOINT",)),
-    "request_timeout_seconds": (("lead-destination:requestTimeoutSeconds",), (),
-                                ("LEAD_DESTINATION_REQUEST_TIMEOUT_SECONDS",)),
-}
-
-_BOOL_FIELDS = ("use_azure_cli", "allow_loopback")
+# Which settings exist, where each is read from and how it is parsed: dynamics_provider/config_schema.py.
 DEFAULT_REQUEST_TIMEOUT_SECONDS = 60.0
-
-
-def parse_timeout(value: Any, *, name: str = "value") -> float:
-    """A positive number of seconds (at most one hour) from config text or a number."""
-    try:
-        seconds = float(str(value).strip())
-    except ValueError:
-        raise ValueError(f"{name}: expected a number of seconds, got {value!r}") from None
-    if not 0 < seconds <= 3600:
-        raise ValueError(f"{name}: expected more than 0 and at most 3600 seconds, got {value!r}")
-    return seconds
-
-
-def parse_bool(value: Any, *, name: str = "value") -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "y", "on"):
-        return True
-    if text in ("false", "0", "no", "n", "off", ""):
-        return False
-    raise ValueError(f"{name}: expected true or false, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -122,34 +72,13 @@ class DeployerSettings:
     def from_sources(
         cls, config: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
     ) -> DeployerSettings:
-        """Read stack config (`lead-destination:*`), then `azuread:*` config, then the environment."""
-        config = config or {}
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for name, (stack_keys, azuread_keys, env_keys) in _SOURCES.items():
-            found: Any = None
-            for key in (*stack_keys, *azuread_keys):
-                value = config.get(key)
-                if value is not None and str(value).strip() != "":
-                    found = value
-                    break
-            if found is None:
-                for key in env_keys:
-                    value = environ.get(key)
-                    if value is not None and value.strip() != "":
-                        found = value
-                        break
-            if found is None:
-                continue
-            if name in _BOOL_FIELDS:
-                values[name] = parse_bool(found, name=name)
-            elif name == "cloud":
-                values[name] = normalize_cloud(str(found))
-            elif name == "request_timeout_seconds":
-                values[name] = parse_timeout(found, name="lead-destination:requestTimeoutSeconds")
-            else:
-                values[name] = str(found).strip() if name not in ("client_secret", "certificate_password",
-                                                                   "federated_token") else str(found)
+        """Read stack config (`lead-destination:*`), then `azuread:*` config, then the environment, as
+        dynamics_provider.config_schema declares; ValueError names the source of a value it cannot read."""
+        from .config_schema import read_deployer
+
+        values = read_deployer((config or {}).get, os.environ if environ is None else environ)
+        if "request_timeout_seconds" in values:
+            values["request_timeout_seconds"] = float(values["request_timeout_seconds"])
         return cls(**values)
 
     @property

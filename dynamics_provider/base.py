@@ -6,11 +6,13 @@ check-time validators and error messages that name resource, operation, cause an
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import math
 import re
 import sys
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -27,9 +29,9 @@ from dynamics_provider.errors import (
     LeadDestinationError,
     NotFound,
 )
+from dynamics_provider.masking import quote
 
 UNKNOWN = rpc.UNKNOWN  # the wire sentinel of a value not known yet (preview)
-_CONFIG_PREFIXES = ("lead-destination:", "azuread:")
 GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 EMAIL_RE = re.compile(r"^[^@\s;,]+@[^@\s;,]+\.[^@\s;,]+$")
 
@@ -38,6 +40,57 @@ log = logging.getLogger("dynamics_provider")
 
 class ResourceOperationError(LeadDestinationError):
     """A provider operation failed; the message names resource, operation, cause and what to do."""
+
+
+# ---------------------------------------------------------------------------------------------
+# how a failure reaches the user
+#
+# Pulumi's provider host (pulumi/dynamic/__main__.py) answers a failed call with the text of
+# `traceback.format_exc()`, and the CLI prints that text after `error: `: a whole Python traceback
+# ending in `dynamics_provider.base.ResourceOperationError: <message>`. Python's traceback module prints
+# no frames when `sys.tracebacklimit` is 0, and a class of module `builtins` without a module path.
+# So, in that host process only, every failure of a lifecycle method leaves as a `UserFacingFailure`
+# (shown as `lead-destination: <message>`) once, at the boundary below; a defect (an exception that is
+# no LeadDestinationError) keeps its trace inside the message, because that trace is what fixes it.
+
+
+class UserFacingFailure(Exception):
+    """What a provider operation raises to Pulumi's provider host: shown as `lead-destination: <message>`."""
+
+
+UserFacingFailure.__module__ = "builtins"  # no module path in front of the message
+UserFacingFailure.__qualname__ = UserFacingFailure.__name__ = "lead-destination"
+
+_LIFECYCLE = ("check", "diff", "create", "read", "update", "delete")
+
+
+def in_provider_host() -> bool:
+    """True in the process Pulumi runs dynamic providers in (`python -m pulumi.dynamic`)."""
+    main = sys.modules.get("__main__")
+    return getattr(getattr(main, "__spec__", None), "name", None) == "pulumi.dynamic.__main__"
+
+
+def user_facing(method: Callable[..., Any], resource_type: str, op: str) -> Callable[..., Any]:
+    """`method` whose failures, in the provider host, reach the CLI as their message only."""
+
+    @functools.wraps(method)
+    def run(self: Any, *args: Any) -> Any:
+        try:
+            return method(self, *args)
+        except Exception as exc:
+            if not in_provider_host():
+                raise
+            if isinstance(exc, LeadDestinationError):
+                text = str(exc)
+            else:
+                trace = "".join(traceback.format_exception(exc, limit=30)).rstrip()
+                text = (f"{resource_type} {op} failed unexpectedly ({type(exc).__name__}): this is a defect of "
+                        f"lead-destination; run `pulumi up` again, and report it with this trace:\n{trace}")
+            sys.tracebacklimit = 0  # the host formats our failure: its message, without our frames
+            raise UserFacingFailure(text) from None
+
+    run.__user_facing__ = True  # type: ignore[attr-defined]
+    return run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,7 +195,7 @@ def need_https_url(value: Any) -> str | None:
         return "expected the organization's https URL, e.g. https://contoso.crm4.dynamics.com"
     parts = urlsplit(value)
     if parts.scheme != "https" or not parts.hostname:
-        return f"expected an https URL (https://<org>.crm<N>.dynamics.com), got {value!r}"
+        return f"expected an https URL (https://<org>.crm<N>.dynamics.com), got {quote(value, url=True)}"
     if parts.query or parts.fragment or parts.username or parts.password:
         return "expected a plain instance URL without query, fragment or credentials"
     return None
@@ -150,7 +203,7 @@ def need_https_url(value: Any) -> str | None:
 
 def need_guid(value: Any, what: str = "a GUID") -> str | None:
     if not isinstance(value, str) or not GUID_RE.match(value):
-        return f"expected {what} in the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, got {value!r}"
+        return f"expected {what} in the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, got {quote(value)}"
     return None
 
 
@@ -164,7 +217,7 @@ def need_text(value: Any, what: str, max_len: int = 256) -> str | None:
 
 def need_email(value: Any) -> str | None:
     if not isinstance(value, str) or not EMAIL_RE.match(value):
-        return f"expected an e-mail address such as leads@contoso.com, got {value!r}"
+        return f"expected an e-mail address such as leads@contoso.com, got {quote(value)}"
     return None
 
 
@@ -178,12 +231,12 @@ def need_role(inputs: Mapping[str, Any]) -> dict[str, str | None]:
 
 
 def need_bool(value: Any) -> str | None:
-    return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
+    return None if isinstance(value, bool) else f"expected true or false, got {quote(value)}"
 
 
 def need_positive_int(value: Any, maximum: int = 86400) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-        return f"expected a whole number of seconds, got {value!r}"
+        return f"expected a whole number of seconds, got {quote(value)}"
     if not 1 <= int(value) <= maximum:
         return f"expected between 1 and {maximum} seconds, got {int(value)}"
     return None
@@ -252,6 +305,13 @@ class DataverseResourceProvider(ResourceProvider):
     #: secret inputs: re-wrapped as secrets wherever they are passed back
     secret_keys: tuple[str, ...] = ()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for op in _LIFECYCLE:
+            method = cls.__dict__.get(op)
+            if callable(method) and not getattr(method, "__user_facing__", False):
+                setattr(cls, op, user_facing(method, cls.resource_type, op))
+
     def __init__(self) -> None:
         super().__init__()
         self._config: dict[str, str] = {}
@@ -259,17 +319,11 @@ class DataverseResourceProvider(ResourceProvider):
     # -- configuration -------------------------------------------------------------------------
 
     def configure(self, req: ConfigureRequest) -> None:
-        raw = getattr(req.config, "_props", None) or {}
-        config: dict[str, str] = {}
-        for key, value in raw.items():
-            if not isinstance(key, str) or not key.startswith(_CONFIG_PREFIXES):
-                continue
-            value = _plain(value)
-            if isinstance(value, bool):
-                value = "true" if value else "false"
-            if isinstance(value, str | int | float):
-                config[key] = str(value)
-        self._config = config
+        """Keep the stack config the providers read: the declared deploying-identity keys and their
+        `azuread:*` fallbacks (dynamics_provider.config_schema), asked by name through `Config.get`."""
+        from dynamics_provider.config_schema import stack_config
+
+        self._config = stack_config(req.config.get)
 
     @property
     def settings(self) -> Any:

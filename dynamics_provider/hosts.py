@@ -9,6 +9,7 @@ import re
 from urllib.parse import urlsplit
 
 from .errors import InvalidAuthorityHost, InvalidInstanceUrl
+from .masking import quote
 
 CLOUDS = ("public", "usgovernment", "dod", "china")
 
@@ -73,7 +74,7 @@ def normalize_cloud(cloud: str | None) -> str:
         return _CLOUD_ALIASES[key]
     except KeyError:
         raise InvalidInstanceUrl(
-            f"unknown cloud {cloud!r}", hint=f"use one of: {', '.join(CLOUDS)} (GCC is 'public')"
+            f"unknown cloud {quote(cloud)}", hint=f"use one of: {', '.join(CLOUDS)} (GCC is 'public')"
         ) from None
 
 
@@ -99,7 +100,7 @@ def validate_authority_host(host: str, *, allow_loopback: bool = False) -> str:
     parts = urlsplit(f"https://{value}")
     if parts.path or parts.query or parts.fragment or parts.username or not parts.hostname:
         raise InvalidAuthorityHost(
-            f"authorityHost {host!r} is not a host name; expected e.g. login.microsoftonline.com",
+            f"authorityHost {quote(host, url=True)} is not a host name; expected e.g. login.microsoftonline.com",
             hint="set lead-destination:authorityHost to a host (and optional port) only, or leave it unset",
         )
     if parts.hostname in ENTRA_LOGIN_HOSTS and parts.port in (None, 443):
@@ -108,7 +109,8 @@ def validate_authority_host(host: str, *, allow_loopback: bool = False) -> str:
         return value
     accepted = ", ".join(sorted(ENTRA_LOGIN_HOSTS))
     raise InvalidAuthorityHost(
-        f"authorityHost {host!r} is not an Entra login host, so no credential is sent to it; accepted: {accepted}"
+        f"authorityHost {quote(host, url=True)} is not an Entra login host, so no credential is sent to it; "
+        f"accepted: {accepted}"
         + (" or a loopback host (sandbox)" if allow_loopback else ""),
         hint="leave lead-destination:authorityHost unset to use the cloud's login host "
         "(lead-destination:cloud); a loopback host needs lead-destination:allowLoopback true (sandbox only)",
@@ -137,13 +139,8 @@ def _refuse(url: str, reason: str, cloud: str, allow_loopback: bool) -> InvalidI
     accepted = _ACCEPTED[cloud]
     if allow_loopback:
         accepted += ", or a loopback sandbox URL https://127.0.0.1:{port}/orgs/{name}"
-    shown = url if len(url) <= 200 else url[:200] + "…"
-    # never echo userinfo (it could hold a password)
-    parts = urlsplit(shown) if "://" in shown else None
-    if parts is not None and "@" in parts.netloc:
-        shown = f"{parts.scheme}://***@{parts.netloc.rsplit('@', 1)[1]}{parts.path}"
     return InvalidInstanceUrl(
-        f"instance URL {shown!r} refused: {reason}",
+        f"instance URL {quote(url, url=True)} refused: {reason}",
         hint=f"Accepted for cloud '{cloud}': {accepted}; https only, no path, query, user info or port",
     )
 
@@ -163,8 +160,8 @@ def validate_instance_url(url: str, *, cloud: str = "public", allow_loopback: bo
     try:
         parts = urlsplit(raw)
         port = parts.port
-    except ValueError as exc:
-        raise _refuse(raw, f"not a valid URL ({exc})", cloud, allow_loopback) from None
+    except ValueError:
+        raise _refuse(raw, "not a valid URL (host or port)", cloud, allow_loopback) from None
     if parts.scheme.lower() != "https":
         raise _refuse(raw, "only https is accepted", cloud, allow_loopback)
     if "@" in parts.netloc:

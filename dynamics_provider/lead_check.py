@@ -25,6 +25,7 @@ from dynamics_provider.base import (
     need_https_url,
     need_text,
 )
+from dynamics_provider.config_schema import hint_for_input
 from dynamics_provider.errors import (
     AccessDenied,
     AmbiguousWriteError,
@@ -166,10 +167,18 @@ class LeadWriteCheckProvider(DataverseResourceProvider):
         try:
             writer.tokens.get_token(writer.instance_url + "/.default")
         except AuthenticationError as exc:
+            if inputs.get("client_id"):
+                hint = (f"the lead writer's client secret was refused (wrong, expired or rotated?): for an app you "
+                        f"gave the stack, set its current secret, {hint_for_input('LeadWriteCheck', 'client_secret')}, "
+                        "and check existingApplication.tenantId; a secret the stack created itself is renewed by "
+                        "`pulumi up` (application.rotationDays)")
+            else:
+                hint = ("the lead writer's password sign-in was refused: check that the user of "
+                        "office365.userPrincipalName is enabled and needs no multi-factor sign-in, then run `pulumi up`")
             raise ResourceOperationError(
                 f"LeadWriteCheck failed for {subject}: credentials rejected by Entra ID "
                 f"({exc.code or exc.error or 'no code'})",
-                hint="check the client secret (expired or rotated?) / password and the tenant id",
+                hint=hint,
             ) from exc
         try:
             try:

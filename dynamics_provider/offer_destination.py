@@ -210,6 +210,7 @@ class IngestionApi:
 def partner_center_endpoint(settings: Any, graph: str) -> str:
     """The ingestion base URL; tokens go only to the cloud's Graph host (loopback with the opt-in)."""
     from dynamics_provider.hosts import is_loopback_host
+    from dynamics_provider.masking import quote
 
     endpoint = (getattr(settings, "partner_center_endpoint", None) or f"{graph}{DEFAULT_ENDPOINT_PATH}").rstrip("/")
     parts = urlsplit(endpoint)
@@ -220,7 +221,7 @@ def partner_center_endpoint(settings: Any, graph: str) -> str:
     )
     if not allowed:
         raise LeadDestinationError(
-            f"Partner Center endpoint {parts.scheme}://{host}{parts.path} refused: a Graph token may only go to "
+            f"Partner Center endpoint {quote(endpoint, url=True)} refused: a Graph token may only go to "
             f"https://{urlsplit(graph).hostname}",
             hint="unset lead-destination:partnerCenterEndpoint (loopback needs lead-destination:allowLoopback)",
         )

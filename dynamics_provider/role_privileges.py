@@ -222,20 +222,24 @@ class RolePrivilegesProvider(DataverseResourceProvider):
     ) -> dict[str, dict[str, Any]]:
         """Privilege rows by name; refuses unknown privileges and depths they do not allow."""
         by_name = {r["name"].lower(): r for r in rows}
-        problems = []
+        unknown, too_deep = [], []
         for name, depth in names.items():
             row = by_name.get(name.lower())
             if row is None:
-                problems.append(f"{name} is not a privilege of this organization")
+                unknown.append(f"{name} is not a privilege of this organization")
                 continue
             allowed = [d for d in DEPTHS if row.get(f"canbe{d.lower()}")]
             if depth is not None and depth not in allowed:
-                problems.append(f"{name} cannot be {depth} (allowed: {', '.join(allowed) or 'none'})")
-        if problems:
-            raise self.refuse(
-                "write", subject, "; ".join(problems),
-                "use the depths the privilege allows (Security Roles editor shows them); nothing was changed",
-            )
+                too_deep.append(f"{name} cannot be {depth} (allowed: {', '.join(allowed) or 'none'})")
+        hints = []
+        if unknown:
+            hints.append("fix the privilege names in the spec of lead-destination:privileges (they are the names "
+                         "Dataverse lists in its privilege table, e.g. prvReadLead)")
+        if too_deep:
+            hints.append("give each privilege a depth it allows in the spec of lead-destination:privileges "
+                         "(the Security Roles editor shows them)")
+        if unknown or too_deep:
+            raise self.refuse("write", subject, "; ".join(unknown + too_deep), "; ".join(hints) + "; nothing was changed")
         return {name: by_name[name.lower()] for name in names}
 
     @staticmethod

@@ -37,6 +37,7 @@ from dynamics_provider.base import (
     raise_errors,
     wait_until,
 )
+from dynamics_provider.config_schema import hint_for_input
 from dynamics_provider.errors import AmbiguousWriteError, LeadDestinationError, NotFound
 
 INPUTS = ("instance_url", "source_path", "source_url", "sha256", "allow_unmanaged", "import_timeout_seconds")
@@ -148,7 +149,8 @@ class SolutionImportProvider(DataverseResourceProvider):
         except SolutionZipError as exc:
             return f"{path}: {exc}"
         if not manifest.managed and not inputs.get("allow_unmanaged"):
-            return f"{path} is an unmanaged solution; set allow_unmanaged=True to import it anyway"
+            return (f"{path} is an unmanaged solution; export the managed one, or set "
+                    f"{hint_for_input('SolutionImport', 'allow_unmanaged', 'true')} to import it anyway")
         inputs["sha256"] = digest  # a changed zip changes the inputs, so the engine calls diff/update
         return None
 
@@ -286,7 +288,8 @@ class SolutionImportProvider(DataverseResourceProvider):
         if not manifest.managed and not inputs.get("allow_unmanaged"):
             raise self.refuse(
                 "import", manifest.unique_name, "the zip is an unmanaged solution",
-                "export the managed solution, or set allow_unmanaged=True if you really want it unmanaged",
+                "export the managed solution, or set "
+                f"{hint_for_input('SolutionImport', 'allow_unmanaged', 'true')} if you really want it unmanaged",
             )
         return manifest
 

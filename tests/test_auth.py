@@ -388,9 +388,9 @@ def test_no_credential_configured_names_the_settings_to_set():
 
 def test_request_timeout_comes_from_stack_config_then_environment_and_is_validated():
     assert DeployerSettings.from_sources({}, {}).request_timeout_seconds == 60.0
-    assert DeployerSettings.from_sources({"lead-destination:requestTimeoutSeconds": "2.5"},
-                                         {"LEAD_DESTINATION_REQUEST_TIMEOUT_SECONDS": "9"}).request_timeout_seconds == 2.5
+    assert DeployerSettings.from_sources({"lead-destination:requestTimeoutSeconds": "25"},
+                                         {"LEAD_DESTINATION_REQUEST_TIMEOUT_SECONDS": "9"}).request_timeout_seconds == 25
     assert DeployerSettings.from_sources({}, {"LEAD_DESTINATION_REQUEST_TIMEOUT_SECONDS": "9"}).request_timeout_seconds == 9
-    for bad in ("0", "-1", "soon", "7200"):
+    for bad in ("0", "-1", "soon", "7200", "2.5"):
         with pytest.raises(ValueError, match="requestTimeoutSeconds"):
             DeployerSettings.from_sources({"lead-destination:requestTimeoutSeconds": bad}, {})

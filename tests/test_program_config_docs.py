@@ -1,85 +1,180 @@
-"""The configuration reference stays true: every key the program and the providers read is declared
-or described in Pulumi.yaml and documented in docs/configuration.md, and nothing documented is unread."""
+"""One declaration of every setting drives everything: Pulumi.yaml's `config:` block and the docs' key
+tables are what the declaration generates, every declared key is read (the program's Settings or the
+providers' DeployerSettings hold a distinctive value set under it), and nothing else is accepted."""
 
 from __future__ import annotations
 
-import inspect
-import re
+import dataclasses
+import json
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
+from pulumi.dynamic import Config, ConfigureRequest
 
-from components import settings as settings_module
-from components.settings import KNOWN_KEYS, NAMESPACE, NESTED_KEYS, SECRET_KEYS
-from dynamics_provider import auth
+from components.config_reader import ConfigError
+from components.settings import parse_settings
+from dynamics_provider.auth import DeployerSettings
+from dynamics_provider.config_schema import BY_KEY, DEPLOYER, NAMESPACE, SETTINGS, TOP_LEVEL
+from dynamics_provider.role_privileges import RolePrivilegesProvider
+from tools import config_reference
 
 ROOT = Path(__file__).resolve().parent.parent
-NESTED = {f"{key}.{field}" for key, fields in NESTED_KEYS.items() for field in fields}
 
 
-def documented_keys(markdown: str) -> set[str]:
-    """Keys named in the first column of the tables under `## Keys` (`a.b` / `.c` means a.b and a.c)."""
-    section = markdown.split("\n## Keys", 1)[1].split("\n## ", 1)[0]
-    keys: set[str] = set()
-    for line in section.splitlines():
-        if not line.startswith("| `"):
-            continue
-        cell = line.split("|")[1].split("(")[0]
-        prefix = ""
-        for token in re.findall(r"`([^`]+)`", cell):
-            key = prefix + token if token.startswith(".") else token
-            prefix = key.split(".")[0]
-            keys.add(key)
-    return keys
+def test_pulumi_yaml_and_the_docs_are_what_the_declaration_generates():
+    stale = [str(path.relative_to(ROOT)) for path, _ in config_reference.outdated()]
+    assert stale == [], f"{stale} out of date: run .venv/bin/python -m tools.config_reference --write"
 
 
-def pulumi_yaml_keys(text: str) -> set[str]:
-    """Keys declared in Pulumi.yaml's `config:` plus the structured keys described in its comments."""
-    declared = set(yaml.safe_load(text)["config"])
-    described = set(re.findall(r"^  # (\w+) \(", text, flags=re.MULTILINE))
-    return declared | described
+def test_the_generated_check_fails_when_a_file_drifts(tmp_path, monkeypatch):
+    copy = tmp_path / "Pulumi.yaml"
+    copy.write_text((ROOT / "Pulumi.yaml").read_text().replace("default: 60", "default: 61"))
+    monkeypatch.setattr(config_reference, "PULUMI_YAML", copy)
+    monkeypatch.setattr(config_reference, "REPO", tmp_path)
+    monkeypatch.setattr(config_reference, "DOCS", ROOT / "docs" / "configuration.md")
+    assert config_reference.main(["--check"]) == 1
+    assert config_reference.main(["--write"]) == 0 and "default: 60" in copy.read_text()
 
 
-def provider_keys() -> set[str]:
-    prefix = NAMESPACE + ":"
-    return {key[len(prefix):] for stack_keys, _, _ in auth._SOURCES.values() for key in stack_keys}
+def test_pulumi_yaml_declares_every_top_level_key_with_the_declared_default_and_secrecy():
+    project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
+    assert list(project) == list(TOP_LEVEL)
+    for key, entry in project.items():
+        setting = BY_KEY[key]
+        assert entry.get("secret", False) is setting.secret, key
+        assert ("default" in entry) is (setting.required != "always"), key
+        if setting.default is not None and not isinstance(setting.default, tuple):
+            assert entry["default"] == setting.default, key
 
 
-def test_docs_document_exactly_the_keys_and_fields_the_program_accepts():
-    keys = documented_keys((ROOT / "docs" / "configuration.md").read_text())
-    assert {k for k in keys if "." not in k} | {k.split(".")[0] for k in keys} == set(KNOWN_KEYS)
-    assert {k for k in keys if "." in k} == NESTED
-
-
-def test_pulumi_yaml_declares_or_describes_every_key_the_program_accepts():
-    text = (ROOT / "Pulumi.yaml").read_text()
-    assert pulumi_yaml_keys(text) == set(KNOWN_KEYS)
-    for fields in NESTED_KEYS.values():  # the comment block names every field of the structured keys
-        for field in fields:
-            assert re.search(rf"\b{field}\b", text), field
-
-
-def test_every_accepted_key_is_read_by_the_program_or_by_the_providers():
-    program_source = inspect.getsource(settings_module.parse_settings)
-    read_by_program = {k for k in KNOWN_KEYS if re.search(rf'(get|obj)\("{k}"', program_source)}
-    # the providers read the deploying identity's keys through configure(); the program validates them
-    assert provider_keys() <= set(KNOWN_KEYS)
-    assert read_by_program | provider_keys() == set(KNOWN_KEYS)
-    assert not (read_by_program - provider_keys()) & {k for k in KNOWN_KEYS if k.startswith("deployer")}
-
-
-def test_secret_keys_are_documented_as_secrets_to_set_with_the_secret_flag():
+def test_the_docs_table_rows_are_exactly_the_declared_keys():
     docs = (ROOT / "docs" / "configuration.md").read_text()
-    text = (ROOT / "Pulumi.yaml").read_text()
-    project = yaml.safe_load(text)["config"]
-    for key in SECRET_KEYS:
-        assert "secret" not in project[key] or project[key].get("secret") is not True  # decision: plain for dev
-        assert project[key]["description"].startswith("SECRET (set with --secret)"), key
-        assert f"--secret {key}" in docs or f"`{key}` (**secret**)" in docs, key
-    assert "not declared `secret: true`" in text.lower() and "**not** declared `secret: true`" in docs
+    table = docs.split(config_reference.BEGIN, 1)[1].split(config_reference.END, 1)[0]
+    rows = {line.split("|")[1].strip().strip("`") for line in table.splitlines() if line.startswith("| `")}
+    declared = {s.key for s in SETTINGS if s.key and (s.type != "object" or s.required == "always")}
+    assert rows == declared
 
 
-def test_the_documenting_parsers_see_what_a_reader_sees():
-    table = "intro\n## Keys\n| key |\n|---|\n| `a.b` / `.c` | x |\n| `d` (`not`, `keys`) | y |\n## Next\n| `e` |\n"
-    assert documented_keys(table) == {"a.b", "a.c", "d"}
-    assert pulumi_yaml_keys("config:\n  x:\n    type: string\n  # y (object): z\n  #   w (string)\n") == {"x", "y"}
+# --- every declared key is read: a distinctive value set under it lands where the code reads it ------
+
+GUID = "0b1f5a3c-5a4d-4e8b-9c6f-{:012x}"
+
+
+def distinctive(key: str, tmp_path: Path) -> Any:
+    """A valid value for `key` that no default and no other key has."""
+    s = BY_KEY[key]
+    n = sorted(BY_KEY).index(key) + 1
+    if s.format == "guid":
+        return GUID.format(n)
+    if s.format == "path":
+        path = tmp_path / f"file-{n}.pem"
+        path.write_text("x")
+        return str(path)
+    if s.format == "privilege-spec":
+        path = tmp_path / "privileges.yaml"
+        path.write_text("privileges:\n  - {name: prvReadLead, depth: Local}\n")
+        return str(path)
+    if s.format == "email":
+        return f"marker{n}@contoso.example"
+    if s.format == "country":
+        return "DE"
+    if s.format == "sha256":
+        return f"{n:064x}"
+    if s.type == "boolean":
+        return not s.default
+    if s.type == "integer":
+        return (s.bounds or (1, 10))[0] + 1 if s.default != (s.bounds or (1, 10))[0] + 1 else s.bounds[0] + 2
+    if s.choices:
+        return next(c for c in s.choices if c != s.default)
+    return {"instanceUrl": "https://marker.crm4.dynamics.com", "solution.url": "https://downloads.example/m.zip",
+            "application.redirectUris": ["https://marker.example/auth"], "authorityHost": "login.microsoftonline.us",
+            "partnerCenterEndpoint": "https://marker.example/rp"}.get(key, f"marker-{n}")
+
+
+def context(key: str, tmp_path: Path) -> dict[str, Any]:
+    """The smallest valid config in which `key` applies (nested values as the engine gives them: JSON)."""
+    zip_path = tmp_path / "s.zip"
+    zip_path.write_bytes(b"zip")
+    (tmp_path / "components").mkdir(exist_ok=True)
+    (tmp_path / "components" / "privileges.yaml").write_text((ROOT / "components" / "privileges.yaml").read_text())
+    raw: dict[str, Any] = {"instanceUrl": "https://contoso.crm4.dynamics.com", "contactEmails": "a@contoso.example",
+                           "solution": {"path": str(zip_path)}}
+    top = key.split(".")[0]
+    if top in ("existingApplication", "existingApplicationSecret"):
+        raw.update(existingApplication={"clientId": GUID.format(900), "tenantId": GUID.format(901)},
+                   existingApplicationSecret="s")
+    if top == "office365" or key == "authentication":
+        raw.update(authentication="office365", office365={"userPrincipalName": "u@contoso.example"})
+    if key.startswith("solution.") and key != "solution.path":
+        raw["solution"] = {"url": "https://downloads.example/s.zip", "sha256": "0" * 64}
+    if key == "cloud":
+        raw["instanceUrl"] = "https://contoso.crm.microsoftdynamics.us"
+    if key == "offer.schemaVersion":
+        raw["offer"] = {"id": "x"}
+    return raw
+
+
+def put(raw: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    if "." in key:
+        parent, name = key.split(".", 1)
+        raw[parent] = {**raw.get(parent, {}), name: value}
+    else:
+        raw[key] = value
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}
+
+
+def found(needle: Any, haystack: Any) -> bool:
+    if dataclasses.is_dataclass(haystack) and not isinstance(haystack, type):
+        return any(found(needle, getattr(haystack, f.name)) for f in dataclasses.fields(haystack))
+    if isinstance(haystack, dict):
+        return any(found(needle, v) for v in haystack.values())
+    if isinstance(haystack, list | tuple) and not isinstance(needle, list):
+        return any(found(needle, v) for v in haystack) or list(haystack) == needle
+    if isinstance(needle, list):
+        return isinstance(haystack, list | tuple) and list(haystack) == needle
+    return haystack == needle or (isinstance(needle, str) and isinstance(haystack, str) and haystack.endswith(needle))
+
+
+PROGRAM_KEYS = sorted(k for k, s in BY_KEY.items() if s.type != "object" and not s.field)
+
+
+@pytest.mark.parametrize("key", PROGRAM_KEYS)
+def test_every_program_key_is_read_into_the_settings(key, tmp_path):
+    value = distinctive(key, tmp_path)
+    raw = put(context(key, tmp_path), key, value)
+    settings = parse_settings(raw, project_dir=tmp_path, secret_keys=frozenset({"existingApplicationSecret"}))
+    if key == "privileges":
+        assert settings.privileges == (("prvReadLead", "Local"),)
+    else:
+        assert found(value, settings), (key, value)
+
+
+@pytest.mark.parametrize("setting", [s for s in DEPLOYER if s.key], ids=lambda s: s.key)
+def test_every_deployer_key_is_accepted_by_the_program_and_read_by_the_providers_configure(setting, tmp_path):
+    value = distinctive(setting.key, tmp_path)
+    raw = put(context(setting.key, tmp_path), setting.key, value)
+    parse_settings(raw, project_dir=tmp_path, secret_keys=frozenset({setting.key}))  # no problem
+    provider = RolePrivilegesProvider()
+    provider.configure(ConfigureRequest(Config({setting.full_key: raw[setting.key]}, NAMESPACE)))
+    expected = value.lower() if setting.format == "guid" else value
+    assert getattr(provider.settings, setting.field) == expected
+
+
+@pytest.mark.parametrize("setting", DEPLOYER, ids=lambda s: s.field)
+def test_the_azuread_and_environment_fallbacks_are_the_declared_ones(setting, tmp_path):
+    value = "true" if setting.type == "boolean" else "7" if setting.type == "integer" else \
+        "usgovernment" if setting.field == "cloud" else GUID.format(7) if setting.format == "guid" else "fallback"
+    parsed = {"true": True, "7": 7.0}.get(value, value)
+    for source in setting.azuread:
+        assert getattr(DeployerSettings.from_sources({source: value}, {}), setting.field) == parsed, source
+    for name in setting.env:
+        assert getattr(DeployerSettings.from_sources({}, {name: value}), setting.field) == parsed, name
+
+
+def test_a_key_nobody_declared_is_refused_by_the_program(tmp_path):
+    raw = put(context("instanceUrl", tmp_path), "undeclaredKey", "v")
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(raw, project_dir=tmp_path)
+    assert [p.key for p in caught.value.problems] == ["undeclaredKey"]

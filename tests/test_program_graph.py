@@ -156,7 +156,7 @@ def settings_for(tmp_path: Path, **extra: Any) -> Settings:
     raw = {"instanceUrl": "https://contoso.crm4.dynamics.com", "solution": json.dumps({"path": str(zip_path)}),
            "contactEmails": "leads@contoso.com;sales@contoso.com"}  # fmt: skip
     raw.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
-    return parse_settings(raw, project_dir=ROOT)
+    return parse_settings(raw, project_dir=ROOT, secret_keys=frozenset({"existingApplicationSecret"}))
 
 
 TODAY = dt.date(2025, 3, 10)

@@ -48,7 +48,7 @@ def run_program(tmp_path: Path, **extra: Any) -> Recorder:
         "existingApplicationSecret": APP_SECRET,
     }
     raw.update(extra)
-    settings = parse_settings(raw)
+    settings = parse_settings(raw, secret_keys=frozenset({"existingApplicationSecret"}))
     recorder = Recorder()
     runtime_settings.set_root_resource(None)
     pulumi.runtime.set_mocks(recorder, project="lead-destination", stack="offer", preview=False)
