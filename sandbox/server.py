@@ -11,6 +11,7 @@ import email.utils
 import hashlib
 import json
 import math
+import random
 import re
 import signal
 import socket
@@ -58,6 +59,11 @@ _FILES = re.compile(r"^/files/([^/]+)$")
 FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 KEEP_ALIVE_IDLE_SECONDS = 120  # Azure front ends keep idle connections ~4 min; long enough for any test file
 _UNLOGGED_CONTROL = ("/_control/log", "/_control/reset")  # reading/clearing the log does not write to it
+# Settings `random_faults`: the fault kinds a request may meet at random, as fault rules (429 and 503 in
+# Dataverse's envelope, a connection reset, an answer lost after the request was processed).
+RANDOM_FAULTS = {"429": {"status": 429}, "503": {"status": 503}, "reset": {"reset": True},
+                 "lost": {"after": True, "reset": True}}
+RANDOM_FAULT_TARGETS = ("dataverse", "partnercenter")
 
 
 class _ResetConnection(Exception):
@@ -106,6 +112,7 @@ class SandboxApp:
         self._retry_until: dict[tuple[str, str], float] = {}
         self._files: dict[str, bytes] = {}
         self._execution: dict[tuple[str, str], deque[tuple[float, float]]] = {}  # (finished, ms) per caller+org
+        self._random = random.Random()
         self.reset()
 
     # ----- state ------------------------------------------------------------------------------
@@ -431,10 +438,13 @@ class SandboxApp:
                 rule = candidate
                 break
             if rule is None:
-                return None
-            rule["remaining"] -= 1
-            if rule["remaining"] <= 0:
-                self._faults.remove(rule)
+                rule = self._random_fault(entry)
+                if rule is None:
+                    return None
+            else:
+                rule["remaining"] -= 1
+                if rule["remaining"] <= 0:
+                    self._faults.remove(rule)
         entry["fault"] = rule["id"]
         if rule.get("after"):
             # the write lands, then its answer is held or lost: applied by _answer_after_fault
@@ -457,6 +467,18 @@ class SandboxApp:
         default_code = {429: "0x80072322", 503: "0x80040216"}.get(int(status), "0x80040216")
         return dataverse_error(int(status), rule.get("code") or default_code,
                                rule.get("message") or f"Injected fault {rule['id']} (HTTP {status}).", headers)
+
+    def _random_fault(self, entry: dict[str, Any]) -> dict[str, Any] | None:
+        """With settings `random_faults` {rate, kinds, targets, retry_after, seed}, a request of a target kind
+        meets one of `kinds` (default all of RANDOM_FAULTS) with probability `rate`; logged as `random:<kind>`."""
+        config = self.settings.random_faults
+        if not config or entry["kind"] not in (config.get("targets") or RANDOM_FAULT_TARGETS):
+            return None
+        if self._random.random() >= float(config["rate"]):
+            return None
+        kind = self._random.choice(sorted(config.get("kinds") or RANDOM_FAULTS))
+        return {"id": f"random:{kind}", "retry_after": config.get("retry_after", 1) if kind == "429" else None,
+                **RANDOM_FAULTS[kind]}
 
     # ----- control API ------------------------------------------------------------------------
     def _control(self, request: Request, sub: str) -> Response:  # noqa: C901 - a flat route table
@@ -567,9 +589,19 @@ class SandboxApp:
         throttle = body.get("throttle")
         if throttle is not None and not isinstance(throttle, dict):
             raise ValueError("throttle must be an object or null")
+        faults = body.get("random_faults")
+        if faults is not None:
+            if not isinstance(faults, dict) or not 0 <= float(faults.get("rate", -1)) <= 1:
+                raise ValueError("random_faults must be null or an object with a rate from 0 to 1")
+            if not set(faults.get("kinds") or ()) <= set(RANDOM_FAULTS):
+                raise ValueError(f"random_faults.kinds: a list of {sorted(RANDOM_FAULTS)}")
+            if not set(faults.get("targets") or ()) <= {"dataverse", "partnercenter", "entra", "files"}:
+                raise ValueError("random_faults.targets: a list of dataverse, partnercenter, entra, files")
         with self._lock, self.settings.lock:
             for key, value in body.items():
                 setattr(self.settings, key, value)
+            if faults is not None:
+                self._random = random.Random(faults.get("seed"))
             if "throttle" in body:
                 self._windows.clear()
                 self._throttled_until.clear()
