@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--secrets-provider", metavar="URL", help="as `pulumi stack init --secrets-provider`")
     add.add_argument("--skip-invalid", action="store_true",
                      help="with --from: create the good rows even if others are bad")
+    add.add_argument("-p", "--parallel", type=int, default=DEFAULT_PARALLEL, metavar="N",
+                     help=f"stacks created at a time (default {DEFAULT_PARALLEL})")
     _common(add)
 
     for verb, text in ((PREVIEW, "drift review: `pulumi preview --refresh` of every selected stack"),
@@ -206,7 +208,8 @@ def _add(ws: Workspace, args: argparse.Namespace) -> int:
             raise FleetError(f"inventory {args.inventory} has no rows")
     started = time.monotonic()
     results = onboard(ws, rows, skip_invalid=args.skip_invalid, secrets_provider=args.secrets_provider,
-                      copy_config_from=args.copy_config_from, single=single, out=sys.stdout)
+                      copy_config_from=args.copy_config_from, single=single, out=sys.stdout,
+                      parallel=args.parallel)
     seconds = time.monotonic() - started
     print(headline("add", results, seconds))
     _reports(args, "add", results, seconds)

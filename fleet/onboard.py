@@ -21,6 +21,7 @@ import csv
 import json
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,7 +232,8 @@ def check_rows(ws: Workspace, rows: Sequence[Row], *, template: tuple[dict[str, 
 
 # --- creating ------------------------------------------------------------------------------------
 def onboard(ws: Workspace, rows: Sequence[Row], *, skip_invalid: bool = False, secrets_provider: str | None = None,
-            copy_config_from: str | None = None, single: bool = False, out: Any = None) -> list[StackResult]:
+            copy_config_from: str | None = None, single: bool = False, out: Any = None,
+            parallel: int = 1) -> list[StackResult]:
     """Check every row, then create the stacks of the good ones (none if a row is bad, unless
     `skip_invalid`). A result per row: changed (created), in-sync (already there), failed (why)."""
     template = template_settings(ws, copy_config_from) if copy_config_from else None
@@ -245,6 +247,7 @@ def onboard(ws: Workspace, rows: Sequence[Row], *, skip_invalid: bool = False, s
     go_ahead = not bad or skip_invalid
     if bad and not skip_invalid:
         say(f"{len(bad)} bad row(s): nothing created (fix them, or pass --skip-invalid to create the others)")
+    todo: list[tuple[int, Checked]] = []
     for c in checked:
         name = c.row.name or c.row.where
         if c.problems:
@@ -262,17 +265,26 @@ def onboard(ws: Workspace, rows: Sequence[Row], *, skip_invalid: bool = False, s
         if not go_ahead:
             results.append(StackResult(name, FAILED, error="not created: another row of the inventory is bad"))
             continue
+        results.append(StackResult(name, FAILED, error="not created"))  # replaced below
+        todo.append((len(results) - 1, c))
+
+    def create(c: Checked) -> StackResult:
+        name = str(c.row.name)
         started = time.monotonic()
         try:
             ws.create_stack(name, c.config, c.secrets, secrets_provider=secrets_provider,
                             copy_config_from=copy_config_from)
         except auto.errors.CommandError as error:
             reason = f"not created: {first_error_line(str(error))}"
-            results.append(StackResult(name, FAILED, error=reason, duration_s=time.monotonic() - started))
             say(f"{name}: {reason}")
-            continue
+            return StackResult(name, FAILED, error=reason, duration_s=time.monotonic() - started)
         keys = sorted(k.split(":", 1)[-1] for k in [*c.config, *c.secrets])
-        results.append(StackResult(name, CHANGED, [Change(name, "pulumi:pulumi:Stack", "create", keys)],
-                                   duration_s=time.monotonic() - started))
         say(f"{name}: created ({len(keys)} setting(s){', secrets encrypted' if c.secrets else ''})")
+        return StackResult(name, CHANGED, [Change(name, "pulumi:pulumi:Stack", "create", keys)],
+                           duration_s=time.monotonic() - started)
+
+    # Stacks are created side by side: each is its own `pulumi` processes and files, nothing selected.
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        for (index, _), result in zip(todo, pool.map(create, [c for _, c in todo]), strict=True):
+            results[index] = result
     return results
