@@ -197,7 +197,7 @@ def _add(ws: Workspace, args: argparse.Namespace) -> int:
                 value = getpass.getpass(f"{key} (secret): ")
             row.settings[key.strip()] = value
             row.secret_keys.add(key.strip().split(":", 1)[-1])
-        if "instanceUrl" not in row.settings and not args.copy_config_from:
+        if "instanceUrl" not in row.settings:
             raise FleetError("--instance-url is required (the customer's Dynamics 365 organization URL)")
         rows = [row]
     else:

@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 from pulumi import automation as auto
 
-from components.settings import SECRET_KEYS, ConfigError, is_secret_name, parse_settings
+from components.settings import NAMESPACE, SECRET_KEYS, ConfigError, is_secret_name, parse_settings
 from fleet.report import CHANGED, FAILED, IN_SYNC, Change, StackResult
 from fleet.workspace import STACK_NAME, FleetError, Workspace, first_error_line
 
@@ -119,6 +119,8 @@ def _read_yaml(path: Path) -> list[Row]:
     defaults: dict[str, Any] = {}
     if isinstance(doc, dict):
         defaults = _expand(doc.get("defaults") or {})
+        if "instanceUrl" in defaults or f"{NAMESPACE}:instanceUrl" in defaults:
+            raise FleetError(f"inventory {path}: `defaults` cannot hold instanceUrl (each customer has its own)")
         doc = doc.get("stacks")
     if not isinstance(doc, list):
         raise FleetError(f"inventory {path}: expected a list of stacks, or a mapping with `stacks:` (and `defaults:`)")
@@ -183,6 +185,7 @@ def check_rows(ws: Workspace, rows: Sequence[Row], *, template: tuple[dict[str, 
     declared_secret = SECRET_KEYS | ws.declared_secret_keys()
     prefix = ws.namespace + ":"
     seen: dict[str, str] = {}
+    urls: dict[str, str] = {}
     checked = []
     for row in rows:
         problems: list[str] = []
@@ -201,6 +204,14 @@ def check_rows(ws: Workspace, rows: Sequence[Row], *, template: tuple[dict[str, 
         exists = bool(name) and (name in existing or name in existing_short)
         ours = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in row.settings.items()
                 if not k.startswith("<")}
+        # Its own organization: never one inherited from --copy-config-from, never another row's.
+        url = str(ours.get("instanceUrl") or "").strip().rstrip("/").lower()
+        if not url:
+            problems.append("instanceUrl: each stack needs its own (the customer's organization URL)")
+        elif url in urls:
+            problems.append(f"instanceUrl {ours['instanceUrl']!r} is also the organization of {urls[url]}")
+        else:
+            urls[url] = row.where
         merged = copy.deepcopy(template[0]) if template else {}
         _merge(merged, {k: v for k, v in ours.items() if ":" not in k})
         secret_keys = {k for k in merged if k in declared_secret or is_secret_name(k)} | row.secret_keys

@@ -96,7 +96,7 @@ def test_add_from_a_csv_with_a_bad_row_creates_nothing_and_names_the_row_and_the
         fleet_project: FleetProject, sandbox: Any):
     fp = fleet_project
     fp.select_user_stack()
-    urls = orgs(sandbox, 3)
+    urls = orgs(sandbox, 4)
     shared = fp.settings()
     template_rows = [("acme", urls[0]), ("globex", urls[1]), ("initech", "http://initech.crm4.dynamics.com"),
                      ("umbrella", urls[2])]
@@ -143,7 +143,7 @@ def test_add_from_a_csv_with_a_bad_row_creates_nothing_and_names_the_row_and_the
     assert fp.current_stack() == "my-current"  # fleet never selects a stack
 
     # Re-running the inventory leaves the existing stacks alone.
-    fixed = inventory.read_text().replace("http://initech.crm4.dynamics.com", urls[0].replace("-00", "-01"))
+    fixed = inventory.read_text().replace("http://initech.crm4.dynamics.com", urls[3])
     inventory.write_text(fixed)
     again = fp.fleet("add", "--from", str(inventory), "--json", str(fp.root / "again.json"))
     assert again.returncode == 0, again.stdout + again.stderr
@@ -177,19 +177,28 @@ def test_add_one_stack_from_a_template_stack_with_settings_on_the_command_line(
     assert twice.returncode == 1
     assert "already exists" in twice.stdout
 
-    unknown = fp.fleet("add", "initrode", "--copy-config-from", "template", "--instance-url", urls[1],
+    unknown = fp.fleet("add", "initrode", "--copy-config-from", "template", "--instance-url", urls[1] + "x",
                        "--config", "instanceUrll=https://x")
     assert unknown.returncode == 1
     assert "instanceUrll" in unknown.stdout and "no such key" in unknown.stdout
     assert "initrode" not in fp.pulumi("stack", "ls").stdout
 
+    inherited = fp.fleet("add", "initrode", "--copy-config-from", "template")  # would manage template's org
+    assert inherited.returncode == 2 and "--instance-url is required" in inherited.stderr
+    twins = fp.root / "twins.yaml"
+    twins.write_text(yaml.safe_dump([{"name": "twin-a", **fp.settings(urls[1])},
+                                     {"name": "twin-b", **fp.settings(urls[1])}]))
+    refused = fp.fleet("add", "--from", str(twins))
+    assert refused.returncode == 1
+    assert "twin-b): instanceUrl" in refused.stdout and "is also the organization of twins.yaml entry 1" in refused.stdout
+
 
 def test_matrix_deals_the_stacks_into_shards(fleet_project: FleetProject, sandbox: Any):
     fp = fleet_project
-    url = orgs(sandbox, 1)[0]
     names = ["c-a", "c-b", "c-c", "c-d", "c-e", "other"]
     inventory = fp.root / "inv.yaml"
-    inventory.write_text(yaml.safe_dump({"defaults": fp.settings(url), "stacks": [{"name": n} for n in names]}))
+    inventory.write_text(yaml.safe_dump({"defaults": fp.settings(), "stacks": [
+        {"name": n, "instanceUrl": u} for n, u in zip(names, orgs(sandbox, len(names)), strict=True)]}))
     assert fp.fleet("add", "--from", str(inventory)).returncode == 0
     two = fp.fleet("matrix", "--shards", "2", "c-*")
     assert json.loads(two.stdout) == {"include": [{"shard": 1, "stacks": "c-a c-c c-e"},
@@ -223,7 +232,7 @@ def _import_state(fp: FleetProject, stack: str, outputs: dict[str, Any]) -> None
 def test_status_reports_expiry_rotation_validation_and_the_offer_and_flags_what_is_due(
         fleet_project: FleetProject, sandbox: Any):
     fp = fleet_project
-    urls = orgs(sandbox, 4)
+    urls = orgs(sandbox, 5)
     today = dt.datetime.now(dt.UTC).date()
     base = {k: v for k, v in fp.settings().items() if k not in ("existingApplication", "existingApplicationSecret")}
     period = rotation_period(today, 180)
@@ -233,7 +242,7 @@ def test_status_reports_expiry_rotation_validation_and_the_offer_and_flags_what_
         {"name": "o365-due", **base, "instanceUrl": urls[2], "authentication": "office365",
          "office365": {"userPrincipalName": "leads@o365.example"}},
         {"name": "offer-set", **fp.settings(urls[3]), "offer": "contoso-lead-offer"},
-        {"name": "offer-pending", **fp.settings(urls[3]), "offer": "contoso-lead-offer"},
+        {"name": "offer-pending", **fp.settings(urls[4]), "offer": "contoso-lead-offer"},
     ]
     inventory = fp.root / "inv.yaml"
     inventory.write_text(yaml.safe_dump(stacks))
@@ -345,7 +354,7 @@ def test_a_fleet_of_20_drift_in_3_faults_in_2_then_repaired_and_in_sync(fleet_pr
     assert sorted(n for n, r in report(fp.root / "add.json").items() if r["status"] == "changed") == names
 
     # Cold converge of all 20.
-    up = fp.fleet("up", "--parallel", "4", "--json", str(fp.root / "up1.json"))
+    up = fp.fleet("up", "cust-*", "--parallel", "4", "--json", str(fp.root / "up1.json"))
     assert up.returncode == 0, up.stdout + up.stderr
     assert {r["status"] for r in report(fp.root / "up1.json").values()} == {"changed"}
 
@@ -369,7 +378,7 @@ def test_a_fleet_of_20_drift_in_3_faults_in_2_then_repaired_and_in_sync(fleet_pr
     for index, (code, message) in FAULTED.items():
         control.add_fault(org=urls[index].rsplit("/", 1)[-1], status=403, code=code, message=message, count=100000)
     try:
-        review = fp.fleet("preview", "--parallel", "4", "--json", str(fp.root / "preview1.json"),
+        review = fp.fleet("preview", "cust-*", "--parallel", "4", "--json", str(fp.root / "preview1.json"),
                           "--markdown", str(fp.root / "preview1.md"))
     finally:
         control.clear_faults()
@@ -394,7 +403,7 @@ def test_a_fleet_of_20_drift_in_3_faults_in_2_then_repaired_and_in_sync(fleet_pr
     assert "3 drifted" in md and "2 failed" in md and "15 in sync" in md
 
     # One fleet up repairs the drift (and the 2 answer again).
-    repair = fp.fleet("up", "--parallel", "4", "--json", str(fp.root / "up2.json"))
+    repair = fp.fleet("up", "cust-*", "--parallel", "4", "--json", str(fp.root / "up2.json"))
     assert repair.returncode == 0, repair.stdout + repair.stderr
     second = report(fp.root / "up2.json")
     assert {n for n, r in second.items() if r["status"] == "changed"} == set(expected)
@@ -404,7 +413,7 @@ def test_a_fleet_of_20_drift_in_3_faults_in_2_then_repaired_and_in_sync(fleet_pr
     assert next(u for u in control.state(user_org)["systemusers"] if u["systemuserid"] == user_id)["isdisabled"] is False
 
     # And the next drift review finds all 20 in sync; the user's own current stack never moved.
-    final = fp.fleet("preview", "--parallel", "4", "--json", str(fp.root / "preview2.json"))
+    final = fp.fleet("preview", "cust-*", "--parallel", "4", "--json", str(fp.root / "preview2.json"))
     assert final.returncode == 0, final.stdout + final.stderr
     assert {r["status"] for r in report(fp.root / "preview2.json").values()} == {"in-sync"}
     assert fp.current_stack() == "my-current"
