@@ -39,6 +39,7 @@ exit codes:
   1  at least one stack failed, or an inventory row was bad
   2  usage error: bad arguments, no stack matches a pattern, unreadable inventory, no Pulumi CLI
   3  no failure, but something needs a look: drift found (preview), flags raised (status)
+  130  interrupted (Ctrl-C): running stacks cancel the Pulumi way, the others are reported not run
 
 The stacks are the project's ordinary stacks in the backend your Pulumi uses (PULUMI_BACKEND_URL or
 `pulumi login`, PULUMI_CONFIG_PASSPHRASE[_FILE] or the stack's secrets provider, PULUMI_HOME). Stacks are
