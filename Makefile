@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench lint sandbox pulumi clean
+.PHONY: demo test test-fast bench lint sandbox pulumi actionlint clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,13 +15,16 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 pulumi:               ## the Pulumi CLI + Python language host in .tools/bin (rebuilt only when a pin changes)
 	tools/pulumi/build.sh
 
+actionlint:           ## the workflow linter the CI-template tests run, in .tools/bin (pinned Go module)
+	tools/actionlint/build.sh
+
 demo: $(STAMP) pulumi ## the main job: the dev stack against the local sandbox, through .tools/bin/pulumi
 	$(PY) -m tools.demo
 
-test: $(STAMP) pulumi ## the whole suite, heavy matrices included
+test: $(STAMP) pulumi actionlint ## the whole suite, heavy matrices included
 	$(PY) -m pytest -n 2 -q
 
-test-fast: $(STAMP) pulumi ## the suite without the heavy matrices
+test-fast: $(STAMP) pulumi actionlint ## the suite without the heavy matrices
 	$(PY) -m pytest -n 2 -q -m "not heavy"
 
 bench: $(STAMP) pulumi ## performance figures against design.md's targets

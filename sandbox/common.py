@@ -48,6 +48,8 @@ class SandboxSettings:
     import_seconds: float = 1.5
     page_size: int = 5000  # rows per page of a collection without Prefer: odata.maxpagesize (Dataverse: 5000)
     throttle: dict[str, Any] | None = None  # {window_seconds, max_requests, max_concurrent, retry_after}
+    # {rate, kinds?, targets?, retry_after?, seed?}: each request of a target kind meets a random fault
+    random_faults: dict[str, Any] | None = None
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
 

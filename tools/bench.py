@@ -1,28 +1,38 @@
-"""`make bench`: request, write, token, wall-time and fleet figures of the dev stack, from the sandbox request log.
+"""`make bench`: request economy, wall times and a fleet of stacks, all through the real Pulumi CLI
+(.tools/bin/pulumi, file backend, passphrase secrets) against a fresh local sandbox.
 
-Figures, not assertions, printed beside design.md's targets with the command that reproduces them.
-The critical-path model (what no client can avoid on the longest dependency chain) is `CHAIN` below.
+Figures, not assertions, printed beside design.md's targets. The critical-path model (what no client
+can avoid on the longest dependency chain) is `CHAIN` below. The fleet runs through the fleet package
+(`python -m fleet`'s own code: Automation API, one `pulumi` process per stack) under the sandbox's
+service protection and 5 % random faults of every kind on Dataverse and Partner Center requests.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import os
+import statistics
+import subprocess
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from sandbox.rehearsal import Rehearsal, RunResult
-
+from fleet.onboard import Row, onboard
+from fleet.progress import Progress
+from fleet.runner import PREVIEW, UP, run_fleet
+from fleet.workspace import Workspace
 from sandbox.solution_zip import build_solution_zip
-from sandbox.testing import dev_stack_rehearsal, start_sandbox
+from sandbox.testing import start_sandbox
+from tests.harness.stacks import Project, dev_config, dev_stack
 
-REPO = Path(__file__).resolve().parent.parent
-COMMAND = "make bench   (= .venv/bin/python -m sandbox bench --fleet 50 --latency-ms 100)"
+COMMAND = "make bench   (= .venv/bin/python -m tools.bench --fleet 50 --latency-ms 100)"
 WRITES = {"POST", "PATCH", "PUT", "DELETE"}
 LEADWRITER_APP = "0b1f5a3c-5a4d-4e8b-9c6f-5a0d8b0c0b01"
 ROLE = "Microsoft Marketplace Lead Writer"
+MANAGED = 5  # custom resources of the dev stack: solution, application user, role assignment, privileges, check
 
 # Critical-path minimum of a cold converge = the import's server-side duration + the sequential Dataverse
 # round trips no client can avoid on the longest dependency chain × the added latency. Reads a step can
@@ -36,10 +46,11 @@ CHAIN = (("SolutionImport", 3), ("RolePrivileges", 3), ("LeadWriteCheck", 3))
 CHAIN_ROUND_TRIPS = sum(n for _, n in CHAIN)
 # Service protection for the fleet, per caller per organization, small enough that it really throttles.
 FLEET_THROTTLE = {"window_seconds": 2, "max_requests": 6, "max_concurrent": 2, "retry_after": 1}
-FLEET_WORKERS = 10
+# 5 % of Dataverse and Partner Center requests meet a fault: 429 with Retry-After, 503, connection reset,
+# or an answer lost after the request was processed (the write landed, the client cannot know).
+FLEET_FAULTS = {"rate": 0.05, "retry_after": 1, "seed": 20261203}
 # A request logged within this time of a 429's answer may have left its client before that answer was
-# read: the server stamps requests from WSGI threads that share two cores (and this process's GIL) with
-# ten rehearsal engines, so arrival stamps lag by up to tens of ms under the fleet's load.
+# read: the server stamps requests from WSGI threads sharing two cores with the fleet's pulumi processes.
 KNOWN_SLACK_SECONDS = 0.05
 
 
@@ -51,10 +62,12 @@ def is_poll(entry: dict[str, Any]) -> bool:
 
 def figures(entries: list[dict[str, Any]]) -> dict[str, int]:
     dv = [e for e in entries if e.get("kind") == "dataverse"]
+    tokens = [e for e in entries if e.get("kind") == "entra" and e.get("path", "").endswith("/token")]
     return {
         "dataverse": sum(1 for e in dv if not is_poll(e)),
         "polls": sum(1 for e in dv if is_poll(e)),
-        "tokens": sum(1 for e in entries if e.get("kind") == "entra" and e.get("path", "").endswith("/token")),
+        "tokens": len(tokens),
+        "token_callers": len({e.get("caller") for e in tokens}),
         "writes": sum(1 for e in dv if e.get("method") in WRITES),
         "reads": sum(1 for e in dv if e.get("method") == "GET"),
         "throttled": sum(1 for e in entries if e.get("status") == 429),
@@ -86,8 +99,7 @@ def retry_after_split(entries: list[dict[str, Any]]) -> tuple[int, int]:
         if not e.get("inside_retry_after"):
             continue
         windows = answers.get((e.get("org"), e.get("caller")), [])
-        known = [w for w in windows if w[0] + KNOWN_SLACK_SECONDS < e["time"] < w[1]]
-        if known:
+        if any(w[0] + KNOWN_SLACK_SECONDS < e["time"] < w[1] for w in windows):
             after += 1
         else:
             in_flight += 1
@@ -95,110 +107,174 @@ def retry_after_split(entries: list[dict[str, Any]]) -> tuple[int, int]:
 
 
 def duplicates(state: dict[str, Any]) -> dict[str, int]:
+    """What a retry must never leave behind in one organization."""
     users = [u for u in state["systemusers"] if u.get("applicationid") == LEADWRITER_APP]
     role_ids = {r["roleid"] for r in state["roles"] if r.get("name") == ROLE}
     user_ids = {u["systemuserid"] for u in users}
     held = [a for a in state["assignments"] if a["systemuserid"] in user_ids and a["roleid"] in role_ids]
-    return {"users": max(0, len(users) - 1), "associations": max(0, len(held) - 1), "leads": len(state["leads"])}
+    return {"users": max(0, len(users) - 1), "associations": max(0, len(held) - 1),
+            "imports": max(0, len(state["importjobs"]) - 1), "leads": len(state["leads"])}
+
+
+def cli_seconds(stack: Any, *args: str) -> tuple[float, subprocess.CompletedProcess]:
+    started = time.monotonic()
+    done = stack.cli(*args, check=False)
+    return time.monotonic() - started, done
+
+
+class _Notes:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def failed(self, label: str, done: Any) -> None:
+        ok = done.returncode == 0 if hasattr(done, "returncode") else done.ok
+        if not ok:
+            text = done.stdout + done.stderr if hasattr(done, "stdout") else done.text
+            tail = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("error:")]
+            self.lines.append(f"{label} failed: {'; '.join(tail[:2]) or 'see its output'}")
+
+
+def bench_single(sb: Any, tmp: Path, zip_path: Path, latency_ms: int, notes: _Notes) -> list[tuple[str, str, str]]:
+    control = sb.control
+    rows: list[tuple[str, str, str]] = []
+    # 1. cold converge, then no-change refresh + preview, then no-change preview --refresh
+    stack = dev_stack(tmp / "cold", sb.info, control.add_org("benchcold"), zip_path)
+    control.clear_log()
+    cold = stack.up()
+    notes.failed("cold converge", cold)
+    cold_f = figures(control.log())
+    control.clear_log()
+    notes.failed("refresh", stack.refresh())
+    notes.failed("preview", stack.preview())
+    quiet = figures(control.log())
+    control.clear_log()
+    seconds, done = cli_seconds(stack, "preview", "--refresh", "--expect-no-changes")
+    notes.failed("preview --refresh", done)
+    refresh_f = figures(control.log())
+    rows += [
+        ("cold converge: Dataverse requests (besides polls)", str(cold_f["dataverse"]), "≤ 13"),
+        ("cold converge: import-status polls", str(cold_f["polls"]), "(figure)"),
+        ("cold converge: token requests", f"{cold_f['tokens']} ({cold_f['token_callers']} identities)",
+         "1 per (identity, audience) per provider process"),
+        ("no-change refresh + preview: writes", str(quiet["writes"]), "0"),
+        ("no-change refresh + preview: reads", f"{quiet['reads']} for {MANAGED} resources", f"≤ {MANAGED}"),
+        ("no-change `preview --refresh`: wall time", f"{seconds:.2f}s", "(figure)"),
+        ("no-change `preview --refresh`: writes / reads", f"{refresh_f['writes']} / {refresh_f['reads']}",
+         f"0 / ≤ {MANAGED}"),
+    ]
+
+    # 2. cold `pulumi up` with latency added to every Dataverse request, against the critical path
+    import_seconds = float(control.settings()["import_seconds"])
+    control.settings(latency_ms=latency_ms)
+    slow = dev_stack(tmp / "latency", sb.info, control.add_org("benchlatency"), zip_path)
+    control.clear_log()
+    wall, done = cli_seconds(slow, "up", "--yes", "--skip-preview")
+    span = span_seconds(control.log())
+    control.settings(latency_ms=0)
+    notes.failed("latency converge", done)
+    minimum = import_seconds + CHAIN_ROUND_TRIPS * latency_ms / 1000
+    rows += [
+        (f"critical path at {latency_ms} ms/request",
+         f"{minimum:.2f}s = import {import_seconds:.1f}s + {CHAIN_ROUND_TRIPS} round trips", "(model, see bench.py)"),
+        ("cold `pulumi up --yes --skip-preview`: wall time", f"{wall:.2f}s (×{wall / minimum:.2f})",
+         "≤ 1.5 × critical path"),
+        ("  of which first to last request", f"{span:.2f}s (×{span / minimum:.2f})", "(figure)"),
+        ("  of which the engine's own (start, program, plugins, checkpoint)", f"{wall - span:.2f}s", "(figure)"),
+    ]
+    return rows
+
+
+def bench_fleet(sb: Any, tmp: Path, zip_path: Path, size: int, parallel: int, notes: _Notes
+                ) -> list[tuple[str, str, str]]:
+    control = sb.control
+    urls = [control.add_org(f"fleet{i:03d}") for i in range(size)]
+    project = Project(tmp / "fleet")
+    os.environ.update(project.env)  # fleet honours the user's Pulumi environment: here, the offline one
+    ws = Workspace(project.dir)
+    config, secrets = dev_config(sb.info, urls[0], zip_path)
+    names = [f"customer-{i:03d}" for i in range(size)]
+    rows = [Row(f"bench {i}", name, {**config, **secrets, "instanceUrl": url})
+            for i, (name, url) in enumerate(zip(names, urls, strict=True))]
+    started = time.monotonic()
+    added = onboard(ws, rows, parallel=parallel)
+    onboarding = time.monotonic() - started
+    if any(r.status != "changed" for r in added):
+        notes.lines.append(f"fleet add: {sum(r.status != 'changed' for r in added)} stack(s) not created")
+
+    control.settings(throttle=FLEET_THROTTLE, random_faults=FLEET_FAULTS)
+    out: list[tuple[str, str, str]] = []
+    throttle = ", ".join(f"{k}={v}" for k, v in FLEET_THROTTLE.items())
+    notes.lines.insert(0, f"fleet: {parallel} stacks at a time; service protection per caller per organization "
+                          f"({throttle}); 5 % random faults on Dataverse and Partner Center requests (429 with "
+                          "Retry-After, 503, connection reset, answer lost after the write; Entra token requests "
+                          "are not faulted)")
+    out.append((f"fleet of {size}: fleet add (no Dataverse)", f"{onboarding:.1f}s "
+                f"({size / onboarding * 60:.0f} stacks/min)", "(figure)"))
+    for verb, label in ((UP, "fleet up (cold)"), (PREVIEW, "fleet preview (warm)")):
+        control.clear_log()
+        started = time.monotonic()
+        results = run_fleet(ws, names, verb, parallel=parallel, log_dir=tmp / "logs" / verb,
+                            progress=Progress(verb, names, io.StringIO()))
+        elapsed = time.monotonic() - started
+        log = control.log()
+        fig = figures(log)
+        in_flight, after = retry_after_split(log)
+        injected = Counter(str(e["fault"]).split(":", 1)[1] for e in log if str(e.get("fault", "")).startswith("random:"))
+        failed = [r for r in results if r.status == "failed"]
+        for r in failed[:5]:
+            notes.lines.append(f"{label} {r.name}: {r.error}")
+        expected = "changed" if verb == UP else "in-sync"
+        odd = [r for r in results if r.status not in (expected, "failed")]
+        per_stack = [r.duration_s for r in results]
+        out += [
+            (f"fleet of {size}: {label}: failures", str(len(failed)), "0"),
+            (f"fleet of {size}: {label}: organizations per minute", f"{size / elapsed * 60:.1f} ({elapsed:.0f}s)",
+             "≥ 30 on 2 cores"),
+            (f"fleet of {size}: {label}: wall time per stack", f"median {statistics.median(per_stack):.1f}s, "
+             f"max {max(per_stack):.1f}s", "(figure)"),
+            (f"fleet of {size}: {label}: faults injected", ", ".join(f"{k} {v}" for k, v in sorted(injected.items()))
+             or "0", "(5 % of Dataverse + Partner Center requests)"),
+            (f"fleet of {size}: {label}: 429 answers (throttle + injected)", str(fig["throttled"]), "(figure)"),
+            (f"fleet of {size}: {label}: sent after a known Retry-After window", str(after), "0"),
+            (f"fleet of {size}: {label}: in flight when the 429 was answered", str(in_flight), "(figure)"),
+        ]
+        if odd:
+            out.append((f"fleet of {size}: {label}: not {expected}", ", ".join(f"{r.name} {r.status}" for r in odd[:5]),
+                        f"0 (every stack {expected})"))
+    control.settings(throttle=None, random_faults=None)
+    dup = Counter()
+    for url in urls:
+        dup.update(duplicates(control.state(url)))
+    out.append((f"fleet of {size}: duplicates (users/associations/imports/leads left)",
+                f"{dup['users']}/{dup['associations']}/{dup['imports']}/{dup['leads']}", "0"))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sandbox bench", description=__doc__)
-    parser.add_argument("--fleet", type=int, default=50)
+    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__)
+    parser.add_argument("--fleet", type=int, default=50, help="stacks in the fleet run (0: skip it)")
+    parser.add_argument("--parallel", type=int, default=4, help="stacks at a time in the fleet run")
     parser.add_argument("--latency-ms", type=int, default=100)
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
     zip_path = tmp / "solution.zip"
     zip_path.write_bytes(build_solution_zip("1.0.0.0"))
-    rows: list[tuple[str, str, str]] = []
-    notes: list[str] = []
+    notes = _Notes()
+    started = time.monotonic()
     with start_sandbox(state_dir=tmp / "sandbox", port=0) as sb:
-        control = sb.control
-
-        def rehearsal(org_url: str, name: str) -> Rehearsal:
-            return dev_stack_rehearsal(sb.info, org_url, solution_zip=zip_path, state_path=tmp / f"{name}.json",
-                                       key_path=tmp / "key")
-
-        def failed(label: str, result: RunResult) -> None:
-            if not result.ok:
-                tail = [ln.strip() for ln in result.text.splitlines() if ln.strip().startswith("error:")]
-                notes.append(f"{label} failed: {'; '.join(tail) or 'see the run output'}")
-
-        # 1. cold converge, then no-change refresh + preview
-        url = control.add_org("benchcold")
-        control.clear_log()
-        reh = rehearsal(url, "cold")
-        cold = reh.run("up")
-        failed("cold converge", cold)
-        cold_f = figures(control.log())
-        control.clear_log()
-        failed("refresh", reh.run("refresh"))
-        failed("preview", reh.run("preview"))
-        quiet = figures(control.log())
-        managed = len([s for s in cold.steps if s.op != "failed"])
-        rows += [
-            ("cold converge: Dataverse requests (besides polls)", str(cold_f["dataverse"]), "≤ 15"),
-            ("cold converge: import-status polls", str(cold_f["polls"]), "(figure: GETs of asyncoperations/importjobs)"),
-            ("cold converge: token requests", str(cold_f["tokens"]), "1 per (identity, audience)"),
-            ("no-change refresh + preview: writes", str(quiet["writes"]), "0"),
-            ("no-change refresh + preview: reads", f"{quiet['reads']} for {managed} resources", "≤ 1 per resource"),
-        ]
-
-        # 2. wall time with added latency vs the critical-path minimum
-        import_seconds = float(control.settings()["import_seconds"])
-        control.settings(latency_ms=args.latency_ms)
-        url = control.add_org("benchlatency")
-        control.clear_log()
-        started = time.monotonic()
-        slow = rehearsal(url, "latency").run("up")
-        wall = time.monotonic() - started
-        span = span_seconds(control.log())
-        control.settings(latency_ms=0)
-        failed("latency converge", slow)
-        minimum = import_seconds + CHAIN_ROUND_TRIPS * args.latency_ms / 1000
-        rows += [
-            (f"critical path at {args.latency_ms} ms/request",
-             f"{minimum:.2f}s = import {import_seconds:.1f}s + {CHAIN_ROUND_TRIPS} round trips", "(model, see bench.py)"),
-            ("converge wall time: first to last request", f"{span:.2f}s (×{span / minimum:.2f})", "≤ 1.2 × critical path"),
-            ("converge wall time: whole `up` (engine start incl.)", f"{wall:.2f}s (×{wall / minimum:.2f})", "(figure)"),
-        ]
-
-        # 3. fleet under service protection (per caller per organization)
-        urls = [control.add_org(f"fleet{i:03d}") for i in range(args.fleet)]
-        control.settings(throttle=FLEET_THROTTLE)
-        control.clear_log()
-        started = time.monotonic()
-        with ThreadPoolExecutor(max_workers=min(args.fleet, FLEET_WORKERS)) as pool:
-            results = list(pool.map(lambda iu: rehearsal(iu[1], f"fleet{iu[0]}").run("up"), enumerate(urls)))
-        elapsed = time.monotonic() - started
-        log = control.log()
-        control.settings(throttle=None)
-        fleet_f = figures(log)
-        in_flight, after = retry_after_split(log)
-        dup = {"users": 0, "associations": 0, "leads": 0}
-        for u in urls:
-            for key, count in duplicates(control.state(u)).items():
-                dup[key] += count
-        for i, result in enumerate(results):
-            failed(f"fleet{i:03d}", result)
-        fleet_failures = sum(1 for r in results if not r.ok)
-        throttle = ", ".join(f"{k}={v}" for k, v in FLEET_THROTTLE.items())
-        rows += [
-            (f"fleet of {args.fleet}: failures", str(fleet_failures), "0"),
-            (f"fleet of {args.fleet}: duplicates (users/associations/leads)",
-             f"{dup['users']}/{dup['associations']}/{dup['leads']}", "0"),
-            (f"fleet of {args.fleet}: 429 answers", str(fleet_f["throttled"]), f"(figure; throttle {throttle})"),
-            (f"fleet of {args.fleet}: sent after a known Retry-After window", str(after), "0"),
-            (f"fleet of {args.fleet}: in flight when the 429 was answered", str(in_flight), "(figure)"),
-            (f"fleet of {args.fleet}: organizations per minute",
-             f"{args.fleet / elapsed * 60:.0f} ({FLEET_WORKERS} at once)", "(figure)"),
-        ]
+        rows = bench_single(sb, tmp, zip_path, args.latency_ms, notes)
+        if args.fleet:
+            rows += bench_fleet(sb, tmp, zip_path, args.fleet, args.parallel, notes)
     width = max(len(r[0]) for r in rows)
     vwidth = max(len(r[1]) for r in rows)
-    print(f"command: {COMMAND}")
+    print(f"command: {COMMAND}   ({os.cpu_count()} cores, {time.monotonic() - started:.0f}s in all)")
     print(f"{'figure'.ljust(width)}  {'measured'.ljust(vwidth)}  target (design.md)")
     for name, value, target in rows:
         print(f"{name.ljust(width)}  {value.ljust(vwidth)}  {target}")
-    for note in notes:
+    for note in notes.lines:
         print(f"note: {note}")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

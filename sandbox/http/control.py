@@ -97,6 +97,8 @@ class ControlApi:
         throttle = body.get("throttle")
         if throttle is not None and not isinstance(throttle, dict):
             raise ValueError("throttle must be an object or null")
+        if "random_faults" in body:
+            self.app.faults.set_random(body["random_faults"])
         with self.app.settings.lock:
             for key, value in body.items():
                 setattr(self.app.settings, key, value)

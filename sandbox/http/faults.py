@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import email.utils
 import math
+import random
 import re
 import threading
 import time
@@ -18,6 +19,12 @@ from werkzeug.wrappers import Request, Response
 
 RULE_FIELDS = ("method", "path", "status", "retry_after", "retry_after_http_date", "latency_ms", "reset", "after",
                "org", "code", "message", "error")
+
+# Settings `random_faults`: the fault kinds a request may meet at random, as fault rules (429 and 503 in the
+# service's own error shape, a connection reset, an answer lost after the request was processed).
+RANDOM_FAULTS = {"429": {"status": 429}, "503": {"status": 503}, "reset": {"reset": True},
+                 "lost": {"after": True, "reset": True}}
+RANDOM_FAULT_TARGETS = ("dataverse", "partnercenter")
 
 # (status, rule, headers) -> the service's error answer for an injected status
 Render = Callable[[int, dict[str, Any], dict[str, str]], Response]
@@ -33,6 +40,33 @@ class FaultRules:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._rules: list[dict[str, Any]] = []
+        self._random_config: dict[str, Any] | None = None
+        self._random = random.Random()
+
+    def set_random(self, config: dict[str, Any] | None) -> None:
+        """Settings `random_faults` {rate, kinds, targets, retry_after, seed}: with no rule matching, a request
+        of a target kind meets one of `kinds` (default all of RANDOM_FAULTS) with probability `rate`."""
+        if config is not None:
+            if not isinstance(config, dict) or not 0 <= float(config.get("rate", -1)) <= 1:
+                raise ValueError("random_faults must be null or an object with a rate from 0 to 1")
+            if not set(config.get("kinds") or ()) <= set(RANDOM_FAULTS):
+                raise ValueError(f"random_faults.kinds: a list of {sorted(RANDOM_FAULTS)}")
+            if not set(config.get("targets") or ()) <= {"dataverse", "partnercenter", "entra", "files"}:
+                raise ValueError("random_faults.targets: a list of dataverse, partnercenter, entra, files")
+        with self._lock:
+            self._random_config = config
+            self._random = random.Random(config.get("seed") if config else None)
+
+    def _random_rule(self, entry: dict[str, Any]) -> dict[str, Any] | None:
+        with self._lock:
+            config = self._random_config
+            if not config or entry["kind"] not in (config.get("targets") or RANDOM_FAULT_TARGETS):
+                return None
+            if self._random.random() >= float(config["rate"]):
+                return None
+            kind = self._random.choice(sorted(config.get("kinds") or RANDOM_FAULTS))
+        return {"id": f"random:{kind}", "retry_after": config.get("retry_after", 1) if kind == "429" else None,
+                **RANDOM_FAULTS[kind]}
 
     def add(self, body: dict[str, Any]) -> str:
         rule = {k: body.get(k) for k in RULE_FIELDS}
@@ -51,6 +85,7 @@ class FaultRules:
     def clear(self) -> None:
         with self._lock:
             self._rules.clear()
+            self._random_config = None
 
     def _take(self, request: Request, org: str | None) -> dict[str, Any] | None:
         with self._lock:
@@ -69,7 +104,7 @@ class FaultRules:
 
     def apply(self, request: Request, entry: dict[str, Any], render: Render) -> Response | None:
         """The fault's answer for this request, or None to carry on (no rule, latency only, or `after`)."""
-        rule = self._take(request, entry["org"])
+        rule = self._take(request, entry["org"]) or self._random_rule(entry)
         if rule is None:
             return None
         entry["fault"] = rule["id"]
