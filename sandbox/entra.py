@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import threading
 import time
 import uuid
@@ -252,12 +253,31 @@ class Directory:
                 token, expires_on = self.issue_access_token(resource, lifetime, client_id=form.get("client_id"), upn=upn)
                 body = {"token_type": "Bearer", "scope": form.get("scope", ""), "expires_in": lifetime,
                         "ext_expires_in": lifetime, "access_token": token}
+                body.update(self._user_identity(form, upn, lifetime))
             else:
                 raise EntraError(400, "unsupported_grant_type", 70003,
                                  "The app requested an unsupported grant type.")
         except EntraError as err:
             return self.error_response(err, correlation)
         return json_response(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+    def _user_identity(self, form: Any, upn: str, lifetime: int) -> dict[str, str]:
+        """A user sign-in asked with the `openid` scope also gets a v2.0 ID token, and `client_info` (uid/utid)
+        when asked with client_info=1, as Entra answers msal (azure-identity builds its account record from
+        them). Refresh tokens are not issued: the sandbox has no refresh_token grant."""
+        if "openid" not in form.get("scope", "").split():
+            return {}
+        with self._lock:
+            user = dict(self._users[upn.lower()])
+        now = int(time.time())
+        claims = {"aud": form.get("client_id", ""), "iss": f"{self.authority}/v2.0", "iat": now, "nbf": now,
+                  "exp": now + lifetime, "oid": user["object_id"], "sub": user["object_id"], "tid": self.tenant_id,
+                  "preferred_username": user["upn"], "name": user["upn"].split("@")[0], "ver": "2.0"}
+        out = {"id_token": jwt.encode(claims, self._signing_key, algorithm="RS256", headers={"kid": self._kid})}
+        if form.get("client_info") == "1":
+            info = {"uid": user["object_id"], "utid": self.tenant_id}
+            out["client_info"] = _b64url(json.dumps(info).encode())
+        return out
 
     def error_response(self, err: EntraError, correlation_id: str | None = None) -> Response:
         trace_id = str(uuid.uuid4())

@@ -295,7 +295,8 @@ class SandboxApp:
         caller, problem = self._authenticate(request, audience)
         self._note_caller(entry, caller.label if caller else None)
         if fault := self._apply_fault(request, entry):
-            return fault
+            # a refused token looks the same injected or not: the service's 401 with its bearer challenge
+            return self._unauthenticated(entry, audience, "injected fault") if fault.status_code == 401 else fault
         if caller is None:
             return self._unauthenticated(entry, audience, problem)
         if entry["kind"] == "dataverse":
