@@ -26,6 +26,7 @@ from .errors import (
     ServiceUnavailable,
     Throttled,
     error_class,
+    strip_query,
 )
 from .hosts import validate_instance_url
 from .pipeline import (
@@ -42,7 +43,6 @@ from .pipeline import (
     http_logging_policy,
     http_transport,
     parse_retry_after,
-    shown_path,
 )
 from .tokens import TokenProvider, deployer_tokens
 
@@ -149,7 +149,7 @@ class ApiClient:
             send_headers.setdefault("Content-Type", "application/json; charset=utf-8")
             data = jsonlib.dumps(json)
         content = data.encode() if isinstance(data, str) else data
-        exchange = Exchange(method, shown_path(url, self.base_url),
+        exchange = Exchange(method, strip_query(url[len(self.base_url):]),
                             method in _IDEMPOTENT_METHODS if idempotent is None else idempotent)
         try:
             answer = self._pipeline.run(HttpRequest(method, url, headers=send_headers, content=content),

@@ -1,11 +1,8 @@
 """How an identity signs in: Microsoft's azure-identity credential for each configured kind (client secret,
-certificate PEM or PFX, client assertion / workload identity, Azure CLI, the Office 365 lead writer's
-password), built over our transport and bounded retry policy, and Entra's answer turned into an
-AuthenticationError that names the AADSTS code and what to do.
-
-The authority host has been checked against the allow-list (`hosts.validate_authority_host`) before a
-credential is built, so no secret is sent anywhere else; a loopback authority (the sandbox) gets
-instance discovery disabled, as azure-identity documents for authorities it cannot validate.
+certificate PEM or PFX, client assertion / federated token, Azure CLI, the Office 365 lead writer's password)
+over our transport and bounded retry policy, and Entra's refusal as an AuthenticationError with its AADSTS
+code and what to do. The authority host is allow-listed before any credential is built; a loopback one (the
+sandbox) gets instance discovery disabled, as azure-identity documents for authorities it cannot validate.
 """
 
 from __future__ import annotations
@@ -17,10 +14,10 @@ import threading
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
-from azure.core.credentials import AccessTokenInfo, TokenRequestOptions
+from azure.core.credentials import AccessTokenInfo, SupportsTokenInfo, TokenRequestOptions
 from azure.core.exceptions import ServiceRequestError, ServiceResponseError
 from azure.core.pipeline import PipelineRequest, PipelineResponse
 
@@ -29,32 +26,21 @@ from .errors import AuthenticationError
 from .hosts import ENTRA_LOGIN_HOSTS
 from .pipeline import RETRY_STATUSES, BoundedRetryPolicy, RetryBounds, environ_proxies, http_transport
 
-# Microsoft's Dataverse sample public client: Partner Center's Office 365 destination signs in with a password.
-PUBLIC_CLIENT_ID = "51f81489-12ee-4a9e-aaae-a2591f45987d"
+PUBLIC_CLIENT_ID = "51f81489-12ee-4a9e-aaae-a2591f45987d"  # Microsoft's Dataverse sample public client
+TOKEN_RETRY = RetryBounds(timeout=30.0)  # the Dataverse requests' policy, with a token request's read timeout
 
-#: Token requests get the Dataverse requests' retry policy, with the read timeout of a token request.
-TOKEN_RETRY = RetryBounds(timeout=30.0)
-
-# azure-identity logs every failed token request at WARNING; with no logging configured Python would print
-# it to the provider's stderr next to our own error, which carries the same facts and a hint.
+# azure-identity logs each failed token request at WARNING (Python would print it beside our own error, which
+# says the same and what to do). The password grant is deprecated (no MFA), but Partner Center's Office 365
+# lead destination signs in with a password, so its check must too (filters set once: catch_warnings is not
+# thread-safe).
 logging.getLogger("azure.identity").addHandler(logging.NullHandler())
-# The password grant is deprecated (it cannot do MFA), but Partner Center's Office 365 lead destination is a
-# password sign-in by design, so the lead writer check must sign in the same way (filters set once: the
-# catch_warnings context manager is not thread-safe).
-warnings.filterwarnings("ignore", message="UsernamePasswordCredential is deprecated", category=DeprecationWarning)
-warnings.filterwarnings("ignore", message="This API has been deprecated for public client flows",
-                        category=DeprecationWarning)
-
-
-class TokenSource(Protocol):
-    """What the token cache needs of a credential (every azure-identity credential has it)."""
-
-    def get_token_info(self, *scopes: str, options: TokenRequestOptions | None = None) -> AccessTokenInfo: ...
+warnings.filterwarnings("ignore", "UsernamePasswordCredential is deprecated", DeprecationWarning)
+warnings.filterwarnings("ignore", "This API has been deprecated for public client flows", DeprecationWarning)
 
 
 @dataclass(frozen=True)
 class Authority:
-    """An Entra authority: an allow-listed (or opted-in loopback) host[:port] and a tenant."""
+    """An allow-listed (or opted-in loopback) Entra host[:port] and a tenant."""
 
     host: str
     tenant: str
@@ -62,105 +48,83 @@ class Authority:
     @classmethod
     def parse(cls, url: str) -> Authority:
         parts = urlsplit(url)
-        tenant = parts.path.strip("/")
-        if parts.scheme != "https" or not parts.netloc or not tenant or "/" in tenant:
+        if parts.scheme != "https" or not parts.netloc or not parts.path.strip("/"):
             raise AuthenticationError(f"not an authority URL: {url.split('?', 1)[0]!r}",
                                       hint="expected https://{login host}/{tenant id}")
-        return cls(parts.netloc.lower(), tenant)
+        return cls(parts.netloc.lower(), parts.path.strip("/"))
 
     @property
     def url(self) -> str:
         return f"https://{self.host}/{self.tenant}"
 
-    @property
-    def is_microsoft(self) -> bool:
-        return self.host in ENTRA_LOGIN_HOSTS
-
     def restore_port(self, request: PipelineRequest[Any]) -> None:
-        """msal builds the user-realm URL from the authority's host name without its port; an authority on
-        a non-default port (the sandbox) would send it to :443. Put the port back (raw_request_hook)."""
-        name = self.host.rsplit(":", 1)[0]
-        url = request.http_request.url
-        if ":" in self.host and url.startswith(f"https://{name}/"):
-            request.http_request.url = f"https://{self.host}/" + url[len(f"https://{name}/"):]
+        """raw_request_hook: msal builds the user-realm URL from the authority's host without its port, which
+        sends it to :443 for an authority on another port (the sandbox). Put the port back."""
+        bare = f"https://{self.host.rsplit(':', 1)[0]}/"
+        if ":" in self.host and request.http_request.url.startswith(bare):
+            request.http_request.url = f"https://{self.host}/" + request.http_request.url[len(bare):]
 
 
-class OAuthErrors:
-    """What Entra answered to this thread's last token request, seen by the pipeline's raw_response_hook
-    before azure-identity reduces it to a message: the error answers' count, the last one's status and its
-    OAuth error body ({error, error_description, error_codes}) if it had one."""
+class EntraAnswers(threading.local):
+    """raw_response_hook: this thread's error answers from Entra since `clear()` (count, last status, last
+    OAuth error body), which azure-identity reduces to a message."""
 
-    def __init__(self) -> None:
-        self._local = threading.local()
+    refusals: int = 0
+    status: int | None = None
+    body: Mapping[str, Any] | None = None
 
     def clear(self) -> None:
-        self._local.refusals, self._local.status, self._local.body = 0, None, None
+        self.refusals, self.status, self.body = 0, None, None
 
-    @property
-    def refusals(self) -> int:
-        return int(getattr(self._local, "refusals", 0))
-
-    @property
-    def status(self) -> int | None:
-        return getattr(self._local, "status", None)
-
-    @property
-    def body(self) -> Mapping[str, Any] | None:
-        return getattr(self._local, "body", None)
-
-    def on_response(self, response: PipelineResponse[Any, Any]) -> None:
-        status = response.http_response.status_code
-        if status < 400:
-            return
-        self._local.refusals, self._local.status = self.refusals + 1, status
-        try:
-            body = response.http_response.json()
-        except ValueError:
-            body = None
-        self._local.body = body if isinstance(body, dict) and isinstance(body.get("error"), str) else None
+    def __call__(self, response: PipelineResponse[Any, Any]) -> None:
+        answer = response.http_response
+        if answer.status_code >= 400:
+            self.refusals, self.status = self.refusals + 1, answer.status_code
+            try:
+                body = answer.json()
+            except ValueError:
+                body = None
+            self.body = body if isinstance(body, dict) and isinstance(body.get("error"), str) else None
 
 
 class Identity:
-    """One identity's way to sign in. `credential()` builds the azure-identity credential (again after a
-    refused token, so the next token is new and not msal's cached copy); `fetch()` asks it for a token and
-    turns any failure into an AuthenticationError without secrets."""
+    """One identity's way to sign in: `credential()` builds its azure-identity credential (again after a
+    refused token, so the next token is new rather than msal's cached copy), `fetch()` asks it for a token;
+    every failure becomes an AuthenticationError without secrets."""
 
-    def __init__(self, description: str, build: Callable[[dict[str, Any]], TokenSource], *,
-                 authority: Authority | None, ca_bundle: str | None, secrets: tuple[str | None, ...] = ()) -> None:
-        self.description = description
-        self.authority = authority
-        self._build = build
-        self._ca_bundle = ca_bundle
-        self._secrets = secrets
-        self._errors = OAuthErrors()
+    def __init__(self, description: str, build: Callable[..., SupportsTokenInfo], *, authority: Authority | None,
+                 ca_bundle: str | None = None, secrets: tuple[str | None, ...] = ()) -> None:
+        self.description, self.authority, self._build = description, authority, build
+        self._ca_bundle, self._secrets, self._answers = ca_bundle, secrets, EntraAnswers()
 
     def __repr__(self) -> str:
         return f"<Identity {self.description}>"
 
-    def credential(self) -> TokenSource:
+    def credential(self) -> SupportsTokenInfo:
         options: dict[str, Any] = {}
         if self.authority is not None:
-            options = {
-                "authority": self.authority.host,
-                "transport": http_transport(self._ca_bundle, read_timeout=TOKEN_RETRY.timeout,
-                                            connect_timeout=TOKEN_RETRY.connect_timeout, pool_maxsize=4),
-                "proxies": environ_proxies(self.authority.url),
-                "retry_policy_class": functools.partial(BoundedRetryPolicy, TOKEN_RETRY),
-                "raw_response_hook": self._errors.on_response,
-                "raw_request_hook": self.authority.restore_port,
-            }
-            if not self.authority.is_microsoft:
+            options = {"authority": self.authority.host, "proxies": environ_proxies(self.authority.url),
+                       "transport": http_transport(self._ca_bundle, read_timeout=TOKEN_RETRY.timeout, pool_maxsize=4),
+                       "retry_policy_class": functools.partial(BoundedRetryPolicy, TOKEN_RETRY),
+                       "raw_response_hook": self._answers, "raw_request_hook": self.authority.restore_port}
+            if self.authority.host not in ENTRA_LOGIN_HOSTS:
                 options["disable_instance_discovery"] = True
         try:
-            return self._build(options)
-        except AuthenticationError:
-            raise
-        except (OSError, ValueError, TypeError) as exc:
-            raise self._unusable(exc) from None
+            return self._build(**options)
+        except (OSError, ValueError, TypeError) as exc:  # unreadable file, certificate or password, tenant id
+            detail = f"cannot read {exc.filename}: {exc.strerror}" if isinstance(exc, OSError) else \
+                redact(str(exc), self._secrets)[:300]
+            hint = "Check the path in the configuration" if isinstance(exc, OSError) else \
+                "Check the tenant id, the cloud / authority host and the client id"
+            if "certificate" in self.description and not isinstance(exc, OSError):
+                detail = f"cannot load the certificate: wrong or missing certificate password, or not a PEM/PFX " \
+                         f"file with the private key ({detail})"
+                hint = "Set deployerCertificatePassword (ARM_CLIENT_CERTIFICATE_PASSWORD) if the key is encrypted"
+            raise AuthenticationError(f"{self.description}: {detail}", hint=hint) from None
 
-    def fetch(self, credential: TokenSource, scope: str, options: TokenRequestOptions | None = None
+    def fetch(self, credential: SupportsTokenInfo, scope: str, options: TokenRequestOptions | None = None
               ) -> AccessTokenInfo:
-        self._errors.clear()
+        self._answers.clear()
         try:
             return credential.get_token_info(scope, options=options)
         except AuthenticationError:
@@ -168,57 +132,32 @@ class Identity:
         except Exception as exc:  # noqa: BLE001 - every failure becomes one typed, secret-free error
             raise self._refused(exc, scope) from None
 
-    # -- errors ------------------------------------------------------------------------------------
-
-    def _unusable(self, exc: BaseException) -> AuthenticationError:
-        text = redact(str(exc), self._secrets)[:300]
-        if isinstance(exc, OSError):
-            return AuthenticationError(f"{self.description}: cannot read {exc.filename}: {exc.strerror}",
-                                       hint="Check the path in the configuration")
-        if "certificate" in self.description:
-            return AuthenticationError(
-                f"{self.description}: cannot load the certificate: wrong or missing certificate password, "
-                f"or not a PEM/PFX file with the private key ({text})",
-                hint="Set deployerCertificatePassword (ARM_CLIENT_CERTIFICATE_PASSWORD) if the key is encrypted")
-        return AuthenticationError(f"{self.description}: {text}",
-                                   hint="Check the tenant id, the cloud / authority host and the client id")
-
     def _refused(self, exc: BaseException, scope: str) -> AuthenticationError:
         where = self.authority.url if self.authority else "the Azure CLI"
-        what = f"{self.description} for scope {scope}"
-        status = self._errors.status
-        if status in RETRY_STATUSES:  # retried within the bounds, refused every time
-            what += f" (HTTP {status} on each of {self._errors.refusals} attempt(s) to {where})"
-        if self._errors.body is not None:
-            return oauth_error(self._errors.body, what, self._secrets)
-        if status in RETRY_STATUSES:
+        what, answers = f"{self.description} for scope {scope}", self._answers
+        if answers.status in RETRY_STATUSES:  # retried within the bounds, refused every time
+            what += f" (HTTP {answers.status} on each of {answers.refusals} attempt(s) to {where})"
+        if answers.body is not None:
+            return oauth_error(answers.body, what, self._secrets)
+        if answers.status in RETRY_STATUSES:
             return AuthenticationError(f"{what}: Entra ID did not issue a token",
                                        hint="Entra ID is unavailable or throttling this identity: retry later")
-        network = _cause(exc, (ServiceRequestError, ServiceResponseError))
-        if network is not None:
-            detail = redact(str(network), self._secrets)[:300]
-            tls = "CERTIFICATE_VERIFY_FAILED" in detail or "SSLError" in detail
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, ServiceRequestError | ServiceResponseError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:  # no answer at all
+            detail = redact(str(cause), self._secrets)[:300]
+            tls = "CERTIFICATE_VERIFY_FAILED" in detail
             return AuthenticationError(
-                f"{self.description}: token request to {where} failed: {type(network).__name__}: {detail}",
+                f"{self.description}: token request to {where} failed: {type(cause).__name__}: {detail}",
                 hint="The authority's TLS certificate is not trusted: set the CA bundle (lead-destination:caBundle)"
                 if tls else "Check network access to the authority host and the CA bundle")
-        text = redact(getattr(exc, "message", None) or str(exc), self._secrets)
-        match = AADSTS_RE.search(text)
-        code = match.group(0) if match else None
-        cli = self.authority is None
-        hint = AADSTS_HINTS.get(code or "") or (
-            "Run `az login` (with --tenant if needed) and retry" if cli else "Check the credential and the tenant")
-        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        return AuthenticationError(f"{self.description}: {first[:400]}", code=code, hint=hint)
-
-
-def _cause(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
-    seen: BaseException | None = exc
-    for _ in range(8):
-        if seen is None or isinstance(seen, types):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
+        text = redact(getattr(exc, "message", None) or str(exc), self._secrets).strip()
+        code = match.group(0) if (match := AADSTS_RE.search(text)) else None
+        hint = AADSTS_HINTS.get(code or "") or ("Run `az login` (with --tenant if needed) and retry"
+                                                if self.authority is None else "Check the credential and the tenant")
+        first = text.splitlines()[0][:400] if text else type(exc).__name__
+        return AuthenticationError(f"{self.description}: {first}", code=code, hint=hint)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -226,8 +165,8 @@ def _cause(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseEx
 
 
 def deployer_identity(settings: DeployerSettings) -> Identity:
-    """The deploying identity from its settings (precedence: certificate, client secret, federated token,
-    Azure CLI). The authority host is validated here, before anything is sent."""
+    """The deploying identity (precedence: certificate, client secret, federated token, Azure CLI). The
+    authority host is validated here, before anything is sent."""
     from azure.identity import (
         AzureCliCredential,
         CertificateCredential,
@@ -241,52 +180,44 @@ def deployer_identity(settings: DeployerSettings) -> Identity:
             "no credential for the deploying identity is configured",
             hint="Set lead-destination:deployerClientId with deployerClientSecret or deployerCertificatePath "
             "(or ARM_CLIENT_ID + ARM_CLIENT_SECRET / ARM_CLIENT_CERTIFICATE_PATH / ARM_OIDC_TOKEN_FILE_PATH), "
-            "or ARM_USE_CLI=true after `az login`",
-        )
+            "or ARM_USE_CLI=true after `az login`")
     if kind == "azure_cli":
-        tenant = settings.tenant_id
-        return Identity("Azure CLI signed-in account", lambda _: AzureCliCredential(tenant_id=tenant or ""),
-                        authority=None, ca_bundle=None)
-    if not settings.client_id or not settings.tenant_id:
+        return Identity("Azure CLI signed-in account", functools.partial(AzureCliCredential,
+                                                                         tenant_id=settings.tenant_id or ""),
+                        authority=None)
+    tenant, client_id = settings.tenant_id, settings.client_id
+    if not client_id or not tenant:
         raise AuthenticationError(
             f"{kind.replace('_', ' ')} credential needs both a client id and a tenant id",
-            hint="Set lead-destination:deployerClientId and deployerTenantId (or ARM_CLIENT_ID and ARM_TENANT_ID)",
-        )
-    authority = Authority(settings.resolved_authority_host(), settings.tenant_id)
-    tenant, client_id = settings.tenant_id, settings.client_id
+            hint="Set lead-destination:deployerClientId and deployerTenantId (or ARM_CLIENT_ID and ARM_TENANT_ID)")
+    authority = Authority(settings.resolved_authority_host(), tenant)
     if kind == "client_secret":
         secret = settings.client_secret or ""
-        return Identity(f"client secret of app {client_id}",
-                        lambda o: ClientSecretCredential(tenant, client_id, secret, **o),
-                        authority=authority, ca_bundle=settings.ca_bundle, secrets=(secret,))
+        return Identity(f"client secret of app {client_id}", functools.partial(
+            ClientSecretCredential, tenant, client_id, secret), authority=authority, ca_bundle=settings.ca_bundle,
+            secrets=(secret,))
     if kind == "certificate":
-        path, password = settings.certificate_path, settings.certificate_password
-        return Identity(f"client certificate of app {client_id}",
-                        lambda o: CertificateCredential(tenant, client_id, path, password=password or None, **o),
-                        authority=authority, ca_bundle=settings.ca_bundle, secrets=(password,))
-    assertion = _federated_assertion(settings)
-    return Identity(f"federated token of app {client_id}",
-                    lambda o: ClientAssertionCredential(tenant, client_id, assertion, **o),
-                    authority=authority, ca_bundle=settings.ca_bundle, secrets=(settings.federated_token,))
-
-
-def _federated_assertion(settings: DeployerSettings) -> Callable[[], str]:
-    """The client assertion: the federated token file, read on every token request (workload identity and CI
-    runners rotate it; azure-identity's WorkloadIdentityCredential would keep a read for five minutes), or
-    the fixed ARM_OIDC_TOKEN."""
+        password = settings.certificate_password or None
+        return Identity(f"client certificate of app {client_id}", functools.partial(
+            CertificateCredential, tenant, client_id, settings.certificate_path, password=password),
+            authority=authority, ca_bundle=settings.ca_bundle, secrets=(password,))
+    # The federated token file is read on every token request (workload identity and CI runners rotate it;
+    # WorkloadIdentityCredential would keep a read for five minutes), else the fixed ARM_OIDC_TOKEN is used.
     path, fixed = settings.federated_token_file, settings.federated_token
 
-    def read() -> str:
-        if path:
-            try:
-                with open(path, encoding="utf-8") as handle:
-                    return handle.read().strip()
-            except OSError as exc:
-                raise AuthenticationError(f"cannot read the federated token file {path}: {exc.strerror}",
-                                          hint="Check deployerFederatedTokenFile / AZURE_FEDERATED_TOKEN_FILE") from None
-        return (fixed or "").strip()
+    def assertion() -> str:
+        if not path:
+            return (fixed or "").strip()
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return handle.read().strip()
+        except OSError as exc:
+            raise AuthenticationError(f"cannot read the federated token file {path}: {exc.strerror}",
+                                      hint="Check deployerFederatedTokenFile / AZURE_FEDERATED_TOKEN_FILE") from None
 
-    return read
+    return Identity(f"federated token of app {client_id}", functools.partial(
+        ClientAssertionCredential, tenant, client_id, assertion), authority=authority,
+        ca_bundle=settings.ca_bundle, secrets=(fixed,))
 
 
 def client_secret_identity(authority: str, client_id: str, client_secret: str, *,
@@ -295,9 +226,9 @@ def client_secret_identity(authority: str, client_id: str, client_secret: str, *
     from azure.identity import ClientSecretCredential
 
     where = Authority.parse(authority)
-    return Identity(f"client secret of app {client_id}",
-                    lambda o: ClientSecretCredential(where.tenant, client_id, client_secret, **o),
-                    authority=where, ca_bundle=ca_bundle, secrets=(client_secret,))
+    return Identity(f"client secret of app {client_id}", functools.partial(
+        ClientSecretCredential, where.tenant, client_id, client_secret), authority=where, ca_bundle=ca_bundle,
+        secrets=(client_secret,))
 
 
 def password_identity(authority: str, username: str, password: str, *, client_id: str = PUBLIC_CLIENT_ID,
@@ -306,9 +237,9 @@ def password_identity(authority: str, username: str, password: str, *, client_id
     from azure.identity import UsernamePasswordCredential
 
     where = Authority.parse(authority)
-    return Identity(f"password of user {username}",
-                    lambda o: UsernamePasswordCredential(client_id, username, password, tenant_id=where.tenant, **o),
-                    authority=where, ca_bundle=ca_bundle, secrets=(password,))
+    return Identity(f"password of user {username}", functools.partial(
+        UsernamePasswordCredential, client_id, username, password, tenant_id=where.tenant), authority=where,
+        ca_bundle=ca_bundle, secrets=(password,))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -347,22 +278,16 @@ def redact(text: str, secrets: tuple[str | None, ...]) -> str:
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
-    # bearer tokens / JWTs never belong in a message
-    return re.sub(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*", "***", text)
+    return re.sub(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*", "***", text)  # tokens, assertions
 
 
 def oauth_error(result: Mapping[str, Any], what: str, secrets: tuple[str | None, ...] = ()) -> AuthenticationError:
-    """An AuthenticationError from Entra's OAuth error answer (never carrying a secret)."""
-    error = str(result.get("error") or "unknown_error")
-    description = str(result.get("error_description") or "")
-    match = AADSTS_RE.search(description)
-    code = match.group(0) if match else None
+    """An AuthenticationError from Entra's OAuth error answer (error, error_description, error_codes)."""
+    error, description = str(result.get("error") or "unknown_error"), str(result.get("error_description") or "")
     codes = result.get("error_codes")
-    if code is None and isinstance(codes, list) and codes:
-        code = f"AADSTS{codes[0]}"
-    first_line = description.strip().splitlines()[0] if description.strip() else error
-    first_line = redact(first_line, secrets)[:400]
-    hint = AADSTS_HINTS.get(code or "")
-    if hint is None and error == "invalid_client":
-        hint = "Check the client id, the credential and the tenant"
+    code = match.group(0) if (match := AADSTS_RE.search(description)) else (
+        f"AADSTS{codes[0]}" if isinstance(codes, list) and codes else None)
+    first_line = redact(description.strip().splitlines()[0] if description.strip() else error, secrets)[:400]
+    hint = AADSTS_HINTS.get(code or "") or ("Check the client id, the credential and the tenant"
+                                            if error == "invalid_client" else None)
     return AuthenticationError(f"{what}: {error}: {first_line}", code=code, error=error, hint=hint)

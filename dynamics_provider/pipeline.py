@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import os
 import random
 import threading
 import time
@@ -28,10 +29,10 @@ from azure.core.pipeline.policies import (
 from azure.core.pipeline.transport import RequestsTransport
 from azure.core.rest import HttpRequest, HttpResponse
 
-from .errors import AmbiguousWriteError, strip_query
+from .errors import AmbiguousWriteError
 
 if TYPE_CHECKING:
-    from .tokens import TokenProvider
+    from .tokens import TokenCache
 
 log = logging.getLogger("dynamics_provider.http")
 # Request/response traces (headers redacted) are off unless someone sets this logger to INFO; progress
@@ -60,30 +61,22 @@ class RetryBounds:
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta seconds or HTTP date); None when absent/invalid."""
-    if value is None or not str(value).strip():
-        return None
-    text = str(value).strip()
+    """Seconds to wait from a Retry-After header (delta seconds or HTTP date, rounded up a second: its
+    resolution, so no request lands inside the window); None when absent or invalid."""
+    text = str(value or "").strip()
     try:
-        return max(0.0, float(text))
+        return max(0.0, float(text)) if text else None
     except ValueError:
         pass
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    current = now if now is not None else time.time()
-    # HTTP dates have one-second resolution: round up so we never land inside the window
-    return max(0.0, when.timestamp() - current + 1.0)
+    return max(0.0, when.replace(tzinfo=when.tzinfo or UTC).timestamp() - (now or time.time()) + 1.0)
 
 
 def tls_verify(ca_bundle: str | None) -> str | bool:
-    """What to verify TLS with: the configured CA bundle, else the one named by the environment, else certifi.
-    Never False: there is no setting that turns verification off."""
-    import os
-
+    """The configured CA bundle, else the environment's, else certifi's: never False (no setting turns it off)."""
     return ca_bundle or os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
 
 
@@ -114,26 +107,6 @@ def environ_proxies(url: str) -> dict[str, str]:
 # retry
 
 
-class RetryAfterWindow:
-    """The client-wide hold a Retry-After opens: no request of the client is sent before it ends."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._until = 0.0  # time.monotonic()
-
-    def hold(self, seconds: float) -> None:
-        with self._lock:
-            self._until = max(self._until, time.monotonic() + seconds)
-
-    def wait(self) -> None:
-        while True:
-            with self._lock:
-                remaining = self._until - time.monotonic()
-            if remaining <= 0:
-                return
-            time.sleep(remaining)
-
-
 class BoundedRetryPolicy(RetryPolicy[HttpRequest, HttpResponse]):
     """azure-core's RetryPolicy within `RetryBounds`: 429/503/504 and lost connections are retried, the
     sends of a call are bounded in number and in total time (it gives up when the next wait would pass the
@@ -145,7 +118,12 @@ class BoundedRetryPolicy(RetryPolicy[HttpRequest, HttpResponse]):
         super().__init__(retry_total=retries, retry_connect=retries, retry_read=retries, retry_status=retries,
                          retry_backoff_factor=bounds.backoff_base, retry_backoff_max=bounds.backoff_max)
         self.bounds = bounds
-        self.window = RetryAfterWindow()
+        self._lock = threading.Lock()
+        self._hold_until = 0.0  # monotonic: the client-wide Retry-After window
+
+    def _wait_window(self) -> None:
+        while (remaining := self._hold_until - time.monotonic()) > 0:
+            time.sleep(remaining)
 
     def configure_retries(self, options: dict[str, Any]) -> dict[str, Any]:
         settings = super().configure_retries(options)
@@ -153,7 +131,7 @@ class BoundedRetryPolicy(RetryPolicy[HttpRequest, HttpResponse]):
         return settings
 
     def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
-        self.window.wait()
+        self._wait_window()
         return super().send(request)
 
     def is_retry(self, settings: dict[str, Any], response: PipelineResponse[Any, Any]) -> bool:
@@ -168,9 +146,10 @@ class BoundedRetryPolicy(RetryPolicy[HttpRequest, HttpResponse]):
 
     def increment(self, settings: dict[str, Any], response: Any = None, error: Exception | None = None) -> bool:
         retry_after = self.get_retry_after(response) if isinstance(response, PipelineResponse) else None
-        if retry_after is not None:
-            # every request of this client waits, plus a little jitter so held callers do not stampede
-            self.window.hold(retry_after + random.uniform(0.05, 0.05 + min(1.0, retry_after * 0.1)))  # noqa: S311
+        if retry_after is not None:  # every request of this client waits, plus jitter against a stampede
+            until = time.monotonic() + retry_after + random.uniform(0.05, 0.05 + min(1.0, retry_after / 10))  # noqa: S311
+            with self._lock:
+                self._hold_until = max(self._hold_until, until)
         if error is not None and _tls_refused(error):
             return False
         if not super().increment(settings, response=response, error=error):
@@ -184,19 +163,15 @@ class BoundedRetryPolicy(RetryPolicy[HttpRequest, HttpResponse]):
             backoff = self.get_backoff_time(settings)
             if backoff > 0:
                 transport.sleep(backoff)
-        self.window.wait()
+        self._wait_window()
 
 
 def _tls_refused(error: Exception) -> bool:
     """A certificate the CA bundle does not trust (or a hostname mismatch): retrying cannot help."""
     cause: BaseException | None = error
-    for _ in range(6):
-        if cause is None:
-            return False
-        if isinstance(cause, requests.exceptions.SSLError | urllib3.exceptions.SSLError):
-            return True
+    while cause is not None and not isinstance(cause, requests.exceptions.SSLError | urllib3.exceptions.SSLError):
         cause = getattr(cause, "inner_exception", None) or cause.__cause__ or cause.__context__
-    return False
+    return cause is not None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -254,13 +229,9 @@ class AmbiguousWritePolicy(HTTPPolicy[HttpRequest, HttpResponse]):
         if status in (503, 504) and not (status == 503 and response.http_response.headers.get("Retry-After")):
             exchange.maybe_applied = True
             if not exchange.idempotent:
-                detail = error_details(response.http_response)
-                raise AmbiguousWriteError(exchange.method, exchange.path,
-                                          f"{status} {detail[0] or ''} {detail[1]}".replace("  ", " ")[:300])
-        if status == 404 and exchange.method == "DELETE" and exchange.maybe_applied:
-            log.debug("%s %s -> 404 after an attempt that may have been applied: done", exchange.method,
-                      exchange.path)
-            exchange.already_done = True
+                code, message = error_details(response.http_response)
+                raise AmbiguousWriteError(exchange.method, exchange.path, f"{status} {code or ''} {message}"[:300])
+        exchange.already_done = status == 404 and exchange.method == "DELETE" and exchange.maybe_applied
         return response
 
 
@@ -279,11 +250,7 @@ def error_details(response: HttpResponse) -> tuple[str | None, str]:
             return err, str(body.get("error_description") or body.get("message") or "")[:1000]
         if "message" in body:
             return body.get("code"), str(body["message"])[:1000]
-    try:
-        text = response.text().strip()
-    except (ValueError, UnicodeDecodeError):
-        text = ""
-    return None, (text[:300] or response.reason or "no details")
+    return None, (response.content.decode("utf-8", "replace").strip()[:300] or response.reason or "no details")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -295,7 +262,7 @@ class BearerChallengePolicy(BearerTokenCredentialPolicy[HttpRequest, HttpRespons
     claims challenges answered). A plain challenge — the token was refused before its expiry: revoked, or
     the service restarted its keys — gets one fresh token and one resend; a second refusal is the answer."""
 
-    def __init__(self, tokens: TokenProvider, scope: str) -> None:
+    def __init__(self, tokens: TokenCache, scope: str) -> None:
         super().__init__(tokens, scope)
         self._tokens = tokens
         self._scope = scope
@@ -315,12 +282,7 @@ def http_logging_policy() -> HttpLoggingPolicy:
     shown = ("$select", "$top", "$expand", "$version")  # $filter and the rest can carry names and addresses
     policy = HttpLoggingPolicy(logger=log, additional_allowed_query_params=(
         *shown, *(name.replace("$", "%24") for name in shown)))  # as they appear encoded in the URL
-    policy.allowed_header_names.update({"OData-EntityId", "OData-Version", "OData-MaxVersion", "Prefer", "Preference-Applied",
-                                        "If-Match", "x-ms-service-request-id"})
+    policy.allowed_header_names.update({"OData-EntityId", "OData-Version", "OData-MaxVersion", "Prefer",
+                                        "Preference-Applied", "If-Match", "x-ms-service-request-id"})
     return policy
-
-
-def shown_path(url: str, base_url: str) -> str:
-    """The path of `url` as messages show it: relative to the client's base URL, without the query."""
-    return strip_query(url[len(base_url):] if url.startswith(base_url) else url)
 

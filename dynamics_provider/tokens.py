@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Protocol
+from typing import Any
 
-from azure.core.credentials import AccessTokenInfo, TokenRequestOptions
+from azure.core.credentials import AccessTokenInfo, SupportsTokenInfo, TokenRequestOptions
 
 from .auth import DeployerSettings
 from .credentials import (
     PUBLIC_CLIENT_ID,
     Identity,
-    TokenSource,
     client_secret_identity,
     deployer_identity,
     password_identity,
@@ -25,34 +24,18 @@ from .credentials import (
 _REFRESH_MARGIN_SECONDS = 300.0
 
 
-class TokenProvider(Protocol):
-    """What a client needs: a token for a scope (`get_token_info` is azure-core's SupportsTokenInfo, used by
-    its bearer policy), and a way to drop one the service refused."""
-
-    def get_token(self, scope: str) -> str: ...
-
-    def get_token_info(self, *scopes: str, options: TokenRequestOptions | None = None) -> AccessTokenInfo: ...
-
-    def invalidate(self, scope: str) -> None: ...
-
-    def close(self) -> None: ...
-
-    def __enter__(self) -> TokenProvider: ...
-
-    def __exit__(self, *args: Any) -> None: ...
-
-
 class TokenCache:
     """Tokens of one identity, one per scope, with one lock per scope: concurrent callers of a scope wait
     for the one request in flight. A token is renewed a tenth of its lifetime (at most five minutes, plus a
-    second for clock skew) before it expires, never sooner than half its lifetime."""
+    second for clock skew) before it expires, never sooner than half its lifetime. `get_token_info` makes
+    it an azure-core SupportsTokenInfo, which the pipeline's bearer policy asks."""
 
     def __init__(self, identity: Identity) -> None:
         self.identity = identity
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._cache: dict[str, tuple[AccessTokenInfo, float]] = {}  # scope -> (token, renew at, epoch s)
-        self._credential: TokenSource | None = None
+        self._credential: SupportsTokenInfo | None = None
 
     def __repr__(self) -> str:
         return f"<TokenCache {self.identity.description}>"
@@ -61,7 +44,7 @@ class TokenCache:
         with self._guard:
             return self._locks.setdefault(scope, threading.Lock())
 
-    def _source(self) -> TokenSource:
+    def _source(self) -> SupportsTokenInfo:
         with self._guard:
             credential = self._credential
         if credential is None:
@@ -104,6 +87,8 @@ class TokenCache:
     def __exit__(self, *args: Any) -> None:
         self.close()
 
+
+TokenProvider = TokenCache  # the name clients and callers have typed against
 
 _DEPLOYER_CACHE: dict[DeployerSettings, TokenCache] = {}
 _DEPLOYER_LOCK = threading.Lock()
