@@ -182,9 +182,8 @@ def deployer_identity(settings: DeployerSettings) -> Identity:
             "(or ARM_CLIENT_ID + ARM_CLIENT_SECRET / ARM_CLIENT_CERTIFICATE_PATH / ARM_OIDC_TOKEN_FILE_PATH), "
             "or ARM_USE_CLI=true after `az login`")
     if kind == "azure_cli":
-        return Identity("Azure CLI signed-in account", functools.partial(AzureCliCredential,
-                                                                         tenant_id=settings.tenant_id or ""),
-                        authority=None)
+        return Identity("Azure CLI signed-in account", functools.partial(  # az's first call can take a while
+            AzureCliCredential, tenant_id=settings.tenant_id or "", process_timeout=60), authority=None)
     tenant, client_id = settings.tenant_id, settings.client_id
     if not client_id or not tenant:
         raise AuthenticationError(
