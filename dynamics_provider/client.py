@@ -1,27 +1,24 @@
-"""The one HTTP pipeline every provider uses (bearer auth with a single refresh on 401, retry honouring
-Retry-After, typed errors, redacted DEBUG logging) and the Dataverse OData helpers built on it.
+"""The API clients: `ApiClient` sends through the azure-core pipeline (`pipeline.py`) and turns what comes
+back into typed errors; `DataverseClient` adds the Dataverse Web API's OData helpers.
 """
 
 from __future__ import annotations
 
-import email.utils
 import json as jsonlib
-import logging
-import random
 import re
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC
-from typing import Any
-from urllib.parse import quote, urljoin
+from typing import Any, TypeVar
+from urllib.parse import quote, urlencode, urljoin
 
-import requests
-import urllib3
+from azure.core.exceptions import AzureError
+from azure.core.pipeline import Pipeline
+from azure.core.pipeline.policies import HeadersPolicy, HTTPPolicy, ProxyPolicy, SansIOHTTPPolicy
+from azure.core.rest import HttpRequest, HttpResponse
 
-from .auth import DeployerSettings, TokenProvider, deployer_tokens, http_session
+from .auth import DeployerSettings
 from .errors import (
     AmbiguousWriteError,
     DataverseError,
@@ -29,38 +26,36 @@ from .errors import (
     ServiceUnavailable,
     Throttled,
     error_class,
+    strip_query,
 )
 from .hosts import validate_instance_url
-
-log = logging.getLogger(__name__)
+from .pipeline import (
+    ALL_METHODS,
+    RETRY_STATUSES,
+    AmbiguousWritePolicy,
+    BearerChallengePolicy,
+    BoundedRetryPolicy,
+    Exchange,
+    RetryBounds,
+    UnansweredWrite,
+    environ_proxies,
+    error_details,
+    http_logging_policy,
+    http_transport,
+    parse_retry_after,
+)
+from .tokens import TokenProvider, deployer_tokens
 
 API_PATH = "/api/data/v9.2/"
 _IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE"})
-_RETRY_STATUSES = frozenset({429, 503, 504})
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _ENTITY_ID = re.compile(r"\(([0-9a-fA-F-]{36})\)\s*$")
+T = TypeVar("T")
 
-
-class UnansweredWrite(AmbiguousWriteError):
-    """No answer within the read timeout: the server may still be working on the write, so a lookup
-    right now can miss it (callers give it up to one read timeout to appear before sending again)."""
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounds of the retry loop: attempts (sends) per call, total seconds, backoff, per-send read timeout."""
-
-    max_attempts: int = 6
-    max_total_seconds: float = 120.0
-    backoff_base: float = 0.5
-    backoff_max: float = 30.0
-    timeout: float = 60.0
-    connect_timeout: float = 10.0
-
-    def backoff(self, attempt: int) -> float:
-        """Full-jitter exponential backoff before send number attempt+1 (attempt counts from 1)."""
-        ceiling = min(self.backoff_max, self.backoff_base * (2 ** (attempt - 1)))
-        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
+#: The bounds were called RetryPolicy before the pipeline moved to azure-core (whose retry policy has that name).
+RetryPolicy = RetryBounds
+__all__ = ["ApiClient", "DataverseClient", "RetryBounds", "RetryPolicy", "UnansweredWrite", "odata_guid", "odata_path",
+           "odata_string", "parse_retry_after"]
 
 
 def odata_string(value: str) -> str:
@@ -84,56 +79,10 @@ def odata_guid(value: str) -> str:
     return text.lower()
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta seconds or HTTP date); None when absent/invalid."""
-    if value is None or not str(value).strip():
-        return None
-    text = str(value).strip()
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    current = now if now is not None else time.time()
-    # HTTP dates have one-second resolution: round up so we never land inside the window
-    return max(0.0, when.timestamp() - current + 1.0)
-
-
-def _error_details(response: requests.Response) -> tuple[str | None, str]:
-    """(code, message) from Dataverse's / Graph's {"error": {"code", "message"}} envelope."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict):
-        err = body.get("error")
-        if isinstance(err, dict):
-            code = err.get("code")
-            message = err.get("message") or ""
-            return (str(code) if code is not None else None), str(message)[:1000]
-        if isinstance(err, str):
-            return err, str(body.get("error_description") or body.get("message") or "")[:1000]
-        if "message" in body:
-            return body.get("code"), str(body["message"])[:1000]
-    text = (response.text or "").strip()
-    return None, (text[:300] or response.reason or "no details")
-
-
-def _sleep_until(deadline: float) -> None:
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return
-        time.sleep(remaining)
-
-
 class ApiClient:
-    """One request pipeline: bearer auth (401 -> invalidate + one retry), retry policy, typed errors."""
+    """One API (a base URL and a token audience) through the azure-core pipeline: headers, proxies, bounded
+    retries honouring Retry-After, the ambiguous-write policy, bearer token with one refresh on a challenge,
+    redacted logging; answers become typed errors. Thread-safe; meant to be shared."""
 
     def __init__(
         self,
@@ -142,7 +91,7 @@ class ApiClient:
         scope: str,
         *,
         ca_bundle: str | None = None,
-        retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen dataclass, immutable default
+        retry: RetryBounds = RetryBounds(),  # noqa: B008 - frozen dataclass, immutable default
         user_agent: str = "lead-destination",
     ) -> None:
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
@@ -151,27 +100,22 @@ class ApiClient:
         self.ca_bundle = ca_bundle
         self.retry = retry
         self.user_agent = user_agent
-        self._session: requests.Session | None = None
-        self._session_lock = threading.Lock()
-        self._gate_lock = threading.Lock()
-        self._blocked_until = 0.0  # monotonic: no request of this client is sent before it (Retry-After)
+        headers = {"Accept": "application/json", "OData-MaxVersion": "4.0", "OData-Version": "4.0",
+                   "User-Agent": user_agent}
+        policies: list[HTTPPolicy[Any, Any] | SansIOHTTPPolicy[Any, Any]] = [
+            HeadersPolicy(headers),
+            ProxyPolicy(environ_proxies(self.base_url)),
+            BoundedRetryPolicy(retry),  # once per call: the loop of sends
+            AmbiguousWritePolicy(),  # from here on, once per send
+            BearerChallengePolicy(tokens, scope),
+            http_logging_policy(),
+        ]
+        self._pipeline: Pipeline[HttpRequest, HttpResponse] = Pipeline(
+            transport=http_transport(ca_bundle, read_timeout=retry.timeout, connect_timeout=retry.connect_timeout),
+            policies=policies)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.base_url}>"
-
-    # -- plumbing ---------------------------------------------------------------------------
-
-    @property
-    def session(self) -> requests.Session:
-        with self._session_lock:
-            if self._session is None:
-                # retries are ours (one loop below), so urllib3 must never resend on its own
-                self._session = http_session(
-                    self.ca_bundle, self.base_url, pool_maxsize=32,
-                    retries=urllib3.Retry(total=0, connect=0, read=0, redirect=0, status=0,
-                                          raise_on_status=False, raise_on_redirect=False),
-                )
-            return self._session
 
     def url_for(self, path: str) -> str:
         """The absolute URL of `path` (relative, or a link the API handed out); the token goes only under
@@ -180,23 +124,6 @@ class ApiClient:
         if not url.startswith(self.base_url):
             raise ValueError(f"refusing to send a token to {url.split('?', 1)[0]!r}: not under {self.base_url}")
         return url
-
-    def _relative(self, url: str) -> str:
-        return url[len(self.base_url):] if url.startswith(self.base_url) else url
-
-    def _hold_for(self, seconds: float) -> None:
-        with self._gate_lock:
-            self._blocked_until = max(self._blocked_until, time.monotonic() + seconds)
-
-    def _wait_for_gate(self) -> None:
-        while True:
-            with self._gate_lock:
-                until = self._blocked_until
-            if time.monotonic() >= until:
-                return
-            _sleep_until(until)
-
-    # -- the pipeline -----------------------------------------------------------------------
 
     def request(
         self,
@@ -208,134 +135,45 @@ class ApiClient:
         headers: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
         data: bytes | str | None = None,
-    ) -> requests.Response:
-        """Send with auth and retries; return the 2xx/3xx response or raise a typed error."""
+    ) -> HttpResponse:
+        """Send through the pipeline; return the 2xx/3xx response or raise a typed error.
+
+        `idempotent` (default: by method) says whether the request may be sent again after an attempt that
+        may have been applied; a POST that creates is not, and fails with AmbiguousWriteError instead."""
         method = method.upper()
         url = self.url_for(path)
-        shown = self._relative(url)
-        if idempotent is None:
-            idempotent = method in _IDEMPOTENT_METHODS
-        base_headers = {
-            "Accept": "application/json",
-            "OData-MaxVersion": "4.0",
-            "OData-Version": "4.0",
-            "User-Agent": self.user_agent,
-        }
+        if params:
+            url += ("&" if "?" in url else "?") + urlencode({k: str(v) for k, v in params.items()})
+        send_headers = dict(headers or {})
         if json is not None:
-            base_headers["Content-Type"] = "application/json; charset=utf-8"
+            send_headers.setdefault("Content-Type", "application/json; charset=utf-8")
             data = jsonlib.dumps(json)
-        base_headers.update(headers or {})
-
-        policy = self.retry
-        started = time.monotonic()
-        deadline = started + policy.max_total_seconds
-        attempt = 0
-        refreshed = False
-        maybe_applied = False  # an earlier attempt may have reached the server and been applied
-        while True:
-            self._wait_for_gate()
-            attempt += 1
-            token = self.tokens.get_token(self.scope)
-            send_headers = dict(base_headers, Authorization=f"Bearer {token}")
-            sent_at = time.monotonic()
-            try:
-                response = self.session.request(
-                    method, url, params=params, data=data, headers=send_headers,
-                    timeout=(policy.connect_timeout, policy.timeout), allow_redirects=False,
-                )
-            except requests.RequestException as exc:
-                not_sent = _surely_not_sent(exc)
-                maybe_applied = maybe_applied or not not_sent
-                log.debug("%s %s attempt %d: %s (%s)", method, shown, attempt, type(exc).__name__,
-                          "not sent" if not_sent else "sent, no answer")
-                if not not_sent and not idempotent:
-                    cls = UnansweredWrite if isinstance(exc, requests.exceptions.ReadTimeout) else AmbiguousWriteError
-                    raise cls(method, shown, f"{type(exc).__name__} after the request was sent") from None
-                wait = policy.backoff(attempt)
-                if attempt >= policy.max_attempts or time.monotonic() + wait > deadline:
-                    raise ServiceUnavailable(
-                        None, None,
-                        f"no answer after {attempt} attempt(s) in {time.monotonic() - started:.1f}s "
-                        f"({type(exc).__name__})",
-                        method=method, path=shown,
-                    ) from None
-                time.sleep(wait)
-                continue
-
-            elapsed_ms = (time.monotonic() - sent_at) * 1000
-            log.debug("%s %s -> %d in %.0f ms (attempt %d) headers=%s", method, shown, response.status_code,
-                      elapsed_ms, attempt, _redacted_headers(send_headers))
-
-            if response.status_code == 401 and not refreshed:
-                # a token that expired early or was revoked: one fresh token, one more try
-                refreshed = True
-                self.tokens.invalidate(self.scope)
-                attempt -= 1
-                response.close()
-                continue
-
-            if response.status_code in _RETRY_STATUSES:
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                surely_not_processed = response.status_code == 429 or (
-                    response.status_code == 503 and retry_after is not None)
-                maybe_applied = maybe_applied or not surely_not_processed
-                if not idempotent and not surely_not_processed:
-                    code, message = _error_details(response)
-                    raise AmbiguousWriteError(
-                        method, shown, f"{response.status_code} {code or ''} {message}".strip()[:300])
-                if retry_after is not None:
-                    # honour the window for every request of this client, plus a little jitter
-                    wait = retry_after + random.uniform(0.05, 0.05 + min(1.0, retry_after * 0.1))  # noqa: S311
-                    self._hold_for(wait)
-                else:
-                    wait = policy.backoff(attempt)
-                if attempt >= policy.max_attempts or time.monotonic() + wait > deadline:
-                    code, message = _error_details(response)
-                    cls = Throttled if response.status_code == 429 else ServiceUnavailable
-                    raise cls(
-                        response.status_code, code,
-                        f"{message} (gave up after {attempt} attempt(s) in {time.monotonic() - started:.1f}s"
-                        + (f"; server asked to wait {retry_after:.0f}s" if retry_after is not None else "") + ")",
-                        method=method, path=shown,
-                    )
-                response.close()
-                if retry_after is not None:
-                    self._wait_for_gate()
-                else:
-                    time.sleep(wait)
-                continue
-
-            if response.status_code == 404 and method == "DELETE" and maybe_applied:
-                # the earlier, unanswered DELETE did its work: what we asked for is true
-                log.debug("%s %s -> 404 after an unanswered attempt: already deleted", method, shown)
-                return response
-            if response.status_code >= 400:
-                code, message = _error_details(response)
-                raise error_class(response.status_code, code)(
-                    response.status_code, code, message, method=method, path=shown)
+        content = data.encode() if isinstance(data, str) else data
+        exchange = Exchange(method, strip_query(url[len(self.base_url):]),
+                            method in _IDEMPOTENT_METHODS if idempotent is None else idempotent)
+        try:
+            answer = self._pipeline.run(HttpRequest(method, url, headers=send_headers, content=content),
+                                        retry_on_methods=ALL_METHODS, **{AmbiguousWritePolicy.OPTION: exchange})
+        except AzureError as exc:  # the connection failed on every attempt (never an answered request)
+            raise ServiceUnavailable(
+                None, None, f"no answer after {exchange.attempts} attempt(s) in {exchange.elapsed():.1f}s "
+                f"({type(exc).__name__})", method=method, path=exchange.path) from None
+        response = answer.http_response
+        status = response.status_code
+        if exchange.already_done:
             return response
-
-
-def _surely_not_sent(exc: requests.RequestException) -> bool:
-    """True when the request never reached the server (connect failure), so any method may be resent."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return True
-    if isinstance(exc, requests.exceptions.SSLError):
-        return True  # handshake failed: nothing was sent
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        cause: BaseException | None = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
-        reason = getattr(cause, "reason", None)
-        for candidate in (cause, reason):
-            if isinstance(candidate, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError):
-                return True
-            if isinstance(candidate, urllib3.exceptions.NameResolutionError):
-                return True
-    return False
-
-
-def _redacted_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k: ("***" if k.lower() in ("authorization", "cookie", "x-ms-client-secret") else v)
-            for k, v in headers.items()}
+        if status in RETRY_STATUSES:
+            code, message = error_details(response)
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            cls = Throttled if status == 429 else ServiceUnavailable
+            raise cls(status, code, f"{message} (gave up after {exchange.attempts} attempt(s) in "
+                      f"{exchange.elapsed():.1f}s" + (f"; server asked to wait {retry_after:.0f}s"
+                                                     if retry_after is not None else "") + ")",
+                      method=method, path=exchange.path)
+        if status >= 400:
+            code, message = error_details(response)
+            raise error_class(status, code)(status, code, message, method=method, path=exchange.path)
+        return response
 
 
 _CLIENTS: dict[tuple[str, DeployerSettings], DataverseClient] = {}
@@ -351,7 +189,7 @@ class DataverseClient(ApiClient):
         tokens: TokenProvider,
         *,
         ca_bundle: str | None = None,
-        retry: RetryPolicy = RetryPolicy(),  # noqa: B008
+        retry: RetryBounds = RetryBounds(),  # noqa: B008
         user_agent: str = "lead-destination",
     ) -> None:
         self.instance_url = instance_url.rstrip("/")
@@ -371,7 +209,7 @@ class DataverseClient(ApiClient):
 
         def build(provider: TokenProvider) -> DataverseClient:
             return cls(url, provider, ca_bundle=settings.ca_bundle,
-                       retry=RetryPolicy(timeout=settings.request_timeout_seconds))
+                       retry=RetryBounds(timeout=settings.request_timeout_seconds))
 
         if tokens is not None:
             return build(tokens)
@@ -383,7 +221,7 @@ class DataverseClient(ApiClient):
 
     # -- reads ------------------------------------------------------------------------------
 
-    def get(self, path: str, params: dict | None = None) -> dict:
+    def get(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
         response = self.request("GET", path, params=params)
         return response.json() if response.content else {}
 
@@ -395,7 +233,7 @@ class DataverseClient(ApiClient):
         filter: str | None = None,  # noqa: A002 - OData's own name
         top: int | None = None,
         expand: str | None = None,
-    ) -> list[dict]:
+    ) -> list[dict[str, Any]]:
         params: dict[str, str] = {"$select": ",".join(select)}
         if filter:
             params["$filter"] = filter
@@ -403,8 +241,8 @@ class DataverseClient(ApiClient):
             params["$top"] = str(int(top))
         if expand:
             params["$expand"] = expand
-        rows: list[dict] = []
-        page: dict = self.get(entity_set, params)
+        rows: list[dict[str, Any]] = []
+        page = self.get(entity_set, params)
         while True:
             rows.extend(page.get("value", []))
             next_link = page.get("@odata.nextLink")
@@ -500,7 +338,7 @@ class DataverseClient(ApiClient):
             raise _no_record_id(response, entity_set)
         return self.get(f"{entity_set}({entity_id})", {"$select": ",".join(select)})
 
-    def settle(self, lookup: Callable[[], Any], exc: AmbiguousWriteError) -> Any:
+    def settle(self, lookup: Callable[[], T], exc: AmbiguousWriteError) -> T:
         """After an ambiguous write: the lookup's answer. When the write went unanswered (it may still
         be in flight), look again for up to one read timeout before concluding it did not happen."""
         found = lookup()
@@ -578,18 +416,18 @@ class DataverseClient(ApiClient):
         return self.function("WhoAmI")
 
 
-def _entity_id(response: requests.Response) -> str | None:
+def _entity_id(response: HttpResponse) -> str | None:
     """The created record's id from the OData-EntityId header, or None."""
     match = _ENTITY_ID.search(response.headers.get("OData-EntityId", ""))
     return match.group(1).lower() if match else None
 
 
-def _no_record_id(response: requests.Response, entity_set: str) -> DataverseError:
+def _no_record_id(response: HttpResponse, entity_set: str) -> DataverseError:
     return DataverseError(response.status_code, None, "created, but the answer carried no record id",
                           method="POST", path=entity_set, hint="Look the record up by its natural key")
 
 
-def _parse_batch_response(response: requests.Response) -> list[tuple[int, str]]:
+def _parse_batch_response(response: HttpResponse) -> list[tuple[int, str]]:
     """(status, body) of each inner response of a multipart/mixed $batch answer, in order."""
     content_type = response.headers.get("Content-Type", "")
     match = re.search(r'boundary="?([^";]+)"?', content_type)

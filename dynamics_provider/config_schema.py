@@ -184,10 +184,10 @@ SETTINGS: tuple[Setting, ...] = (
     _S("deployerClientSecret", "string", "Client secret of the deploying identity.", secret=True, group="deployer",
        azuread=("azuread:clientSecret",), env=("ARM_CLIENT_SECRET", "AZURE_CLIENT_SECRET"), field="client_secret"),
     _S("deployerCertificatePath", "string", "PEM file with the private key and the certificate of the deploying "
-       "identity; wins over a client secret.", format="path", group="deployer",
+       "identity, or a PFX (PKCS#12) file; wins over a client secret.", format="path", group="deployer",
        azuread=("azuread:clientCertificatePath",),
        env=("ARM_CLIENT_CERTIFICATE_PATH", "AZURE_CLIENT_CERTIFICATE_PATH"), field="certificate_path"),
-    _S("deployerCertificatePassword", "string", "Password of that certificate's key, if it is encrypted.",
+    _S("deployerCertificatePassword", "string", "Password of that certificate's key or PFX, if it has one.",
        secret=True, group="deployer", azuread=("azuread:clientCertificatePassword",),
        env=("ARM_CLIENT_CERTIFICATE_PASSWORD", "AZURE_CLIENT_CERTIFICATE_PASSWORD"), field="certificate_password"),
     _S("deployerFederatedTokenFile", "string", "File holding a federated (OIDC) token of the deploying identity, "

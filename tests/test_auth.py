@@ -1,6 +1,6 @@
-"""The deploying identity's credentials (secret, certificate, federated token, Azure CLI) and the
-lead writer's (secret, password) against the sandbox's Entra over HTTPS with the real msal, plus
-settings resolution and the process-wide token cache."""
+"""The deploying identity's credentials (secret, certificate PEM/PFX, federated token, Azure CLI) and the
+lead writer's (secret, password) through azure-identity against the sandbox's Entra over HTTPS, the
+bounded retry of token requests, settings resolution and the process-wide token cache."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from dynamics_provider.auth import (
@@ -30,7 +31,10 @@ from dynamics_provider.auth import (
     deployer_tokens,
     password_tokens,
 )
+from dynamics_provider.credentials import TOKEN_RETRY
 from dynamics_provider.errors import AuthenticationError
+
+TOKEN_PATH = ".*/oauth2/v2.0/token$"
 
 
 def claims(token: str) -> dict:
@@ -112,13 +116,19 @@ def test_unknown_application_and_unknown_tenant_say_which(sandbox, org):
     assert_no_secret(caught.value, secret)
 
 
-def _certificate(tmp_path: Path, password: str | None) -> tuple[Path, str]:
+def _key_and_certificate() -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lead-destination test deployer")])
     now = datetime.now(UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5))
             .not_valid_after(now + timedelta(days=2)).sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def _certificate(tmp_path: Path, password: str | None) -> tuple[Path, str]:
+    """A PEM file with the (optionally encrypted) key and the certificate; the certificate's PEM."""
+    key, cert = _key_and_certificate()
     encryption = (serialization.BestAvailableEncryption(password.encode()) if password
                   else serialization.NoEncryption())
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
@@ -156,6 +166,27 @@ def test_certificate_with_a_wrong_password_or_not_registered_is_refused_without_
                                      certificate_password=password)).get_token(f"{org}/.default")
     assert caught.value.code == "AADSTS700027"
     assert_no_secret(caught.value, password)
+
+
+def test_client_certificate_as_a_password_protected_pfx_gets_a_token(sandbox, org, tmp_path):
+    key, cert = _key_and_certificate()
+    password = f"pfx-{uuid.uuid4().hex}"
+    path = tmp_path / "deployer.pfx"
+    path.write_bytes(pkcs12.serialize_key_and_certificates(
+        b"deployer", key, cert, None, serialization.BestAvailableEncryption(password.encode())))
+    client_id = str(uuid.uuid4())
+    sandbox.control.register_app(client_id=client_id, display_name="pfx app",
+                                 certificate_pem=cert.public_bytes(serialization.Encoding.PEM).decode())
+    token = deployer_tokens(settings_for(sandbox, client_id=client_id, certificate_path=str(path),
+                                         certificate_password=password)).get_token(f"{org}/.default")
+    assert claims(token)["appid"] == client_id
+
+    wrong = f"bad-{uuid.uuid4().hex}"
+    with pytest.raises(AuthenticationError) as caught:
+        deployer_tokens(settings_for(sandbox, client_id=client_id, certificate_path=str(path),
+                                     certificate_password=wrong)).get_token(f"{org}/.default")
+    assert "certificate password" in str(caught.value)
+    assert_no_secret(caught.value, wrong, password)
 
 
 def test_federated_token_file_is_read_again_on_every_token_request(sandbox, org, tmp_path):
@@ -282,6 +313,41 @@ def test_untrusted_sandbox_certificate_is_refused_without_the_ca_bundle(sandbox,
     with pytest.raises(AuthenticationError) as caught:
         deployer_tokens(settings).get_token(f"{org}/.default")
     assert "CA bundle" in str(caught.value)
+    assert_no_secret(caught.value, secret)
+
+
+# ------------------------------------------------------------- token requests: the bounded retry
+
+
+@pytest.mark.parametrize("fault", [{"status": 503}, {"reset": True}, {"status": 429, "retry_after": 1}],
+                         ids=["503", "connection-reset", "429-retry-after"])
+def test_one_refusal_or_lost_answer_of_the_token_endpoint_is_retried_and_the_run_goes_on(sandbox, org, fault):
+    client_id, secret = new_app(sandbox)
+    mark = max((e["seq"] for e in sandbox.control.log()), default=0)
+    sandbox.control.add_fault(path=TOKEN_PATH, **fault)
+    token = deployer_tokens(settings_for(sandbox, client_id=client_id, client_secret=secret)).get_token(f"{org}/.default")
+    assert claims(token)["appid"] == client_id
+    sent = token_requests(sandbox, client_id, since=mark)
+    assert [e["status"] for e in sent] == [fault.get("status", 0), 200]  # status 0: the connection was reset
+    assert not any(e["inside_retry_after"] for e in sent)
+    if "retry_after" in fault:
+        assert sent[1]["time"] - sent[0]["time"] >= fault["retry_after"]
+
+
+def test_a_token_endpoint_that_keeps_throttling_is_given_up_after_the_bounded_attempts(sandbox, org):
+    client_id, secret = new_app(sandbox)
+    mark = max((e["seq"] for e in sandbox.control.log()), default=0)
+    sandbox.control.add_fault(path=TOKEN_PATH, status=429, retry_after=1, count=50)
+    try:
+        with pytest.raises(AuthenticationError) as caught:
+            deployer_tokens(settings_for(sandbox, client_id=client_id, client_secret=secret)).get_token(f"{org}/.default")
+    finally:
+        sandbox.control.clear_faults()
+    sent = token_requests(sandbox, client_id, since=mark)
+    assert len(sent) == TOKEN_RETRY.max_attempts
+    assert not any(e["inside_retry_after"] for e in sent)  # each wait honoured
+    assert f"HTTP 429 on each of {len(sent)} attempt(s)" in str(caught.value)
+    assert "retry later" in str(caught.value)
     assert_no_secret(caught.value, secret)
 
 

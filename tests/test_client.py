@@ -1,5 +1,6 @@
 """The Web API client against the sandbox's Dataverse over HTTPS: OData helpers, typed errors, the
-retry policy (Retry-After honoured, bounded, ambiguous creates not replayed) and the 401 refresh."""
+azure-core pipeline (retry honouring Retry-After, bounded; ambiguous creates not replayed; the bearer
+challenge refresh; redacted logging) and TLS verified with the configured CA whatever the environment says."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from dynamics_provider.auth import client_secret_tokens, deployer_tokens
 from dynamics_provider.client import (
     ApiClient,
     DataverseClient,
-    RetryPolicy,
+    RetryBounds,
     UnansweredWrite,
     odata_guid,
     odata_string,
@@ -32,14 +33,14 @@ from dynamics_provider.errors import (
     Unauthorized,
 )
 
-FAST = RetryPolicy(max_attempts=4, max_total_seconds=20, backoff_base=0.05, backoff_max=0.2, timeout=10)
+FAST = RetryBounds(max_attempts=4, max_total_seconds=20, backoff_base=0.05, backoff_max=0.2, timeout=10)
 
 
 def org_name(instance_url: str) -> str:
     return instance_url.rsplit("/orgs/", 1)[1]
 
 
-def client_for(org: str, deployer, retry: RetryPolicy = FAST, tokens=None) -> DataverseClient:
+def client_for(org: str, deployer, retry: RetryBounds = FAST, tokens=None) -> DataverseClient:
     return DataverseClient(org, tokens or deployer_tokens(deployer), ca_bundle=deployer.ca_bundle, retry=retry)
 
 
@@ -267,7 +268,7 @@ def test_retry_after_window_holds_other_requests_of_the_same_client(sandbox, org
 def test_service_protection_limits_under_load_cause_no_failure_and_no_early_resend(sandbox, org, deployer):
     sandbox.control.settings(throttle={"window_seconds": 1, "max_requests": 6})
     try:
-        client = client_for(org, deployer, retry=RetryPolicy(max_attempts=10, max_total_seconds=30))
+        client = client_for(org, deployer, retry=RetryBounds(max_attempts=10, max_total_seconds=30))
         mark = log_mark(sandbox)
         on_threads(4, lambda: [client.query("leads", select=["leadid"], top=1) for _ in range(4)])
         entries = requests_to(sandbox, org, "GET", "/leads", since=mark)
@@ -306,7 +307,7 @@ def test_503_and_reset_on_reads_are_retried_within_bounds(sandbox, org, deployer
 
 
 def test_persistent_throttling_gives_up_when_the_next_wait_would_pass_the_time_budget(sandbox, org, deployer):
-    client = client_for(org, deployer, retry=RetryPolicy(max_attempts=10, max_total_seconds=2.5))
+    client = client_for(org, deployer, retry=RetryBounds(max_attempts=10, max_total_seconds=2.5))
     client.who_am_i()
     mark = log_mark(sandbox)
     sandbox.control.add_fault(method="GET", path="/leads$", status=429, retry_after=1, count=50, org=org_name(org))
@@ -462,13 +463,41 @@ def test_short_lived_tokens_are_renewed_before_they_expire(sandbox, org, deploye
     assert 3 <= token_requests(sandbox, info["admin_client_id"], mark) <= 6
 
 
-def test_debug_log_shows_requests_but_no_token_or_secret(org, deployer, caplog):
+def test_http_trace_is_off_by_default_and_redacts_the_token_and_query_values_when_on(org, deployer, caplog):
     client = client_for(org, deployer)
-    with caplog.at_level(logging.DEBUG, logger="dynamics_provider"):
+    marker = f"Marker{uuid.uuid4().hex[:8]}"
+    with caplog.at_level(logging.INFO, logger="dynamics_provider"):  # what the providers log at by default
         client.who_am_i()
-        client.create("leads", lead())
+    assert not [r for r in caplog.records if r.name == "dynamics_provider.http"]
+    with caplog.at_level(logging.INFO, logger="dynamics_provider.http"):
+        client.who_am_i()
+        client.create("leads", lead(lastname=marker))
+        client.query("leads", select=["leadid"], filter=f"lastname eq {odata_string(marker)}")
     token = deployer_tokens(deployer).get_token(f"{org}/.default")
-    assert "WhoAmI -> 200" in caplog.text
-    assert "'Authorization': '***'" in caplog.text
-    assert token not in caplog.text
-    assert deployer.client_secret not in caplog.text
+    assert "/api/data/v9.2/WhoAmI'" in caplog.text and "Response status: 200" in caplog.text
+    assert "%24select=leadid" in caplog.text and "%24filter=REDACTED" in caplog.text
+    assert "'Authorization': 'REDACTED'" in caplog.text
+    for hidden in (token, deployer.client_secret, marker):
+        assert hidden not in caplog.text
+
+
+def test_tls_uses_the_configured_ca_bundle_whatever_the_environment_says(sandbox, org, deployer, tmp_path,
+                                                                          monkeypatch):
+    import certifi
+
+    info = sandbox.info
+    # requests lets REQUESTS_CA_BUNDLE replace a session's `verify` and a netrc entry replace the
+    # Authorization header; the pipeline ignores both (a bundle without the sandbox CA, hostile netrc)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())
+    monkeypatch.setenv("CURL_CA_BUNDLE", certifi.where())
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login intruder password netrc-password\n")
+    monkeypatch.setenv("NETRC", str(netrc))
+    tokens = client_secret_tokens(deployer.authority(), info["admin_client_id"], info["admin_client_secret"],
+                                  ca_bundle=info["ca_bundle"])  # a fresh cache: its token request is made now
+    assert "UserId" in client_for(org, deployer, tokens=tokens).who_am_i()
+
+    # no CA configured: the environment's bundle is the fallback (here, the sandbox's CA)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", info["ca_bundle"])
+    tokens = client_secret_tokens(deployer.authority(), info["admin_client_id"], info["admin_client_secret"])
+    assert "UserId" in DataverseClient(org, tokens, retry=FAST).who_am_i()

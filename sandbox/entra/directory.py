@@ -178,6 +178,20 @@ class Directory:
         token = jwt.encode(claims, self._signing_key, algorithm="RS256", headers={"kid": self._kid})
         return token, claims["exp"]
 
+    def issue_id_token(self, client_id: str, upn: str, lifetime: int) -> tuple[str, str]:
+        """A v2.0 ID token for a user signed in through `client_id`, as Entra returns one with the `openid`
+        scope. Returns (id_token, the user's object id)."""
+        now = int(time.time())
+        with self._lock:
+            user = self._users.get(upn.lower())
+            if user is None:
+                raise KeyError(f"unknown user {upn}")
+            claims = {"aud": client_id, "iss": f"{self.authority}/v2.0", "iat": now, "nbf": now,
+                      "exp": now + lifetime, "oid": user["object_id"], "sub": user["object_id"],
+                      "tid": self.tenant_id, "preferred_username": user["upn"], "name": user["upn"].split("@")[0],
+                      "ver": "2.0"}
+        return jwt.encode(claims, self._signing_key, algorithm="RS256", headers={"kid": self._kid}), claims["oid"]
+
     def verify_access_token(self, token: str, audience: str) -> dict[str, Any]:
         """Claims of a token this tenant signed for `audience`; InvalidToken otherwise."""
         try:

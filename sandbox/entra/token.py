@@ -6,7 +6,9 @@ numbers, OAuth error, status: docs/sandbox.md, "Entra errors"); no secret is eve
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +49,7 @@ class TokenEndpoint:
                                                              upn=upn)
                 body = {"token_type": "Bearer", "scope": form.get("scope", ""), "expires_in": lifetime,
                         "ext_expires_in": lifetime, "access_token": token}
+                body.update(self._user_identity(form, upn, lifetime))
             elif not grant:
                 raise EntraError(400, "invalid_request", 900144,
                                  "The request body must contain the following parameter: 'grant_type'.")
@@ -56,6 +59,19 @@ class TokenEndpoint:
         except EntraError as err:
             return error_response(err, request)
         return json_response(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+    def _user_identity(self, form: Any, upn: str, lifetime: int) -> dict[str, str]:
+        """A user sign-in asked with the `openid` scope also gets a v2.0 ID token, and `client_info` (uid/utid)
+        when asked with client_info=1, as Entra answers msal (azure-identity builds its account record from
+        them). Refresh tokens are not issued: the sandbox has no refresh_token grant."""
+        if "openid" not in form.get("scope", "").split():
+            return {}
+        id_token, object_id = self.directory.issue_id_token(form.get("client_id", ""), upn, lifetime)
+        out = {"id_token": id_token}
+        if form.get("client_info") == "1":
+            info = {"uid": object_id, "utid": self.directory.tenant_id}
+            out["client_info"] = base64.urlsafe_b64encode(json.dumps(info).encode()).rstrip(b"=").decode()
+        return out
 
     # ----- scope ------------------------------------------------------------------------------
     def _resource(self, scope: str | None, grant: str, resource_known: Callable[[str], bool]) -> str:

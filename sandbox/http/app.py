@@ -207,7 +207,8 @@ class SandboxApp:
         caller, problem = self._authenticate(request, entry, audience)
         self.log.note_caller(entry, caller.label if caller else None)
         if fault := self.faults.apply(request, entry, self._envelope_fault):
-            return fault
+            # a refused token looks the same injected or not: the service's 401 with its bearer challenge
+            return self._unauthenticated(entry, audience, "injected fault") if fault.status_code == 401 else fault
         if caller is None:
             return self._unauthenticated(entry, audience, problem)
         target = target_of()
