@@ -27,8 +27,9 @@ test-fast: $(STAMP) pulumi ## the suite without the heavy matrices
 bench: $(STAMP) pulumi ## performance figures against design.md's targets
 	$(PY) -m tools.bench
 
-lint: $(STAMP)
+lint: $(STAMP)        ## ruff on the tree, mypy on the shipped code
 	$(PY) -m ruff check .
+	$(PY) -m mypy components dynamics_provider
 
 sandbox: $(STAMP)     ## serve the sandbox in the foreground on the default port
 	$(PY) -m sandbox serve
