@@ -26,10 +26,10 @@ from .errors import (
     AmbiguousWriteError,
     DataverseError,
     DuplicateRecord,
-    ServiceUnavailable,
-    Throttled,
+    ServiceError,
     error_class,
 )
+from .formats import GUID_RE
 from .hosts import validate_instance_url
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 API_PATH = "/api/data/v9.2/"
 _IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE"})
 _RETRY_STATUSES = frozenset({429, 503, 504})
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _ENTITY_ID = re.compile(r"\(([0-9a-fA-F-]{36})\)\s*$")
 
 
@@ -79,7 +78,7 @@ def odata_path(path: str, params: Mapping[str, str] | None = None) -> str:
 def odata_guid(value: str) -> str:
     """A validated, unquoted OData GUID literal; ValueError for anything that is not a GUID."""
     text = str(value).strip().strip("{}")
-    if not _GUID.match(text):
+    if not GUID_RE.match(text):
         raise ValueError(f"not a GUID: {value!r}")
     return text.lower()
 
@@ -133,7 +132,12 @@ def _sleep_until(deadline: float) -> None:
 
 
 class ApiClient:
-    """One request pipeline: bearer auth (401 -> invalidate + one retry), retry policy, typed errors."""
+    """One request pipeline: bearer auth (401 -> invalidate + one retry), retry policy, typed errors.
+
+    `error_for(status, code)` is the error class of the API behind it (Dataverse's by default).
+    """
+
+    error_for: Callable[[int | None, str | None], type[ServiceError]] = staticmethod(error_class)
 
     def __init__(
         self,
@@ -253,7 +257,7 @@ class ApiClient:
                     raise cls(method, shown, f"{type(exc).__name__} after the request was sent") from None
                 wait = policy.backoff(attempt)
                 if attempt >= policy.max_attempts or time.monotonic() + wait > deadline:
-                    raise ServiceUnavailable(
+                    raise self.error_for(None, None)(
                         None, None,
                         f"no answer after {attempt} attempt(s) in {time.monotonic() - started:.1f}s "
                         f"({type(exc).__name__})",
@@ -291,8 +295,7 @@ class ApiClient:
                     wait = policy.backoff(attempt)
                 if attempt >= policy.max_attempts or time.monotonic() + wait > deadline:
                     code, message = _error_details(response)
-                    cls = Throttled if response.status_code == 429 else ServiceUnavailable
-                    raise cls(
+                    raise self.error_for(response.status_code, code)(
                         response.status_code, code,
                         f"{message} (gave up after {attempt} attempt(s) in {time.monotonic() - started:.1f}s"
                         + (f"; server asked to wait {retry_after:.0f}s" if retry_after is not None else "") + ")",
@@ -311,7 +314,7 @@ class ApiClient:
                 return response
             if response.status_code >= 400:
                 code, message = _error_details(response)
-                raise error_class(response.status_code, code)(
+                raise self.error_for(response.status_code, code)(
                     response.status_code, code, message, method=method, path=shown)
             return response
 
@@ -483,7 +486,7 @@ class DataverseClient(ApiClient):
         if response.content:
             record = response.json()
             for key, value in record.items():
-                if key.endswith("id") and isinstance(value, str) and _GUID.match(value):
+                if key.endswith("id") and isinstance(value, str) and GUID_RE.match(value):
                     return value.lower()
         raise _no_record_id(response, entity_set)
 
@@ -499,20 +502,6 @@ class DataverseClient(ApiClient):
         if not entity_id:
             raise _no_record_id(response, entity_set)
         return self.get(f"{entity_set}({entity_id})", {"$select": ",".join(select)})
-
-    def settle(self, lookup: Callable[[], Any], exc: AmbiguousWriteError) -> Any:
-        """After an ambiguous write: the lookup's answer. When the write went unanswered (it may still
-        be in flight), look again for up to one read timeout before concluding it did not happen."""
-        found = lookup()
-        if found or not isinstance(exc, UnansweredWrite):
-            return found
-        deadline = time.monotonic() + self.retry.timeout
-        delay = 0.25
-        while not found and time.monotonic() < deadline:
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 2.0)
-            found = lookup()
-        return found
 
     def update(self, entity_set: str, record_id: str, body: dict) -> None:
         self.request("PATCH", f"{entity_set}({odata_guid(record_id)})", json=body, headers={"If-Match": "*"})
@@ -561,7 +550,7 @@ class DataverseClient(ApiClient):
         aliases: dict[str, str] = {}
         for index, (key, value) in enumerate(params.items(), start=1):
             text = str(value)
-            if _GUID.match(text.strip("{}")):
+            if GUID_RE.match(text.strip("{}")):
                 inline.append(f"{key}={odata_guid(text)}")
             elif isinstance(value, bool):
                 inline.append(f"{key}={'true' if value else 'false'}")
