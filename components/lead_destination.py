@@ -72,7 +72,7 @@ class LeadDestination(pulumi.ComponentResource):
 
         self.writer = DynamicsLeadWriter(f"{name}-dynamics", settings, identity, opts=child)
 
-        # Partner Center (issue 6): with config `offer`, the identity's outputs go straight to the offer.
+        # Partner Center: with config `offer`, the identity's outputs go straight to the offer.
         self.offer = None
         if settings.offer:
             self.offer = offer_lead_destination(

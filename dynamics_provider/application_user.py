@@ -1,4 +1,4 @@
-"""ApplicationUser: the Dataverse systemuser of an Entra application (step 2a.6 of the procedure).
+"""ApplicationUser: the Dataverse systemuser of an Entra application (procedure step 2a, docs/architecture.md).
 
 Adopts an existing user by application id, repairs disabled/name/business-unit drift, and on
 destroy drops roles and disables the user, only if this resource created it.

@@ -1,4 +1,4 @@
-"""LeadWriteCheck: Partner Center's "Validate" button as a resource (step 4 of the procedure).
+"""LeadWriteCheck: Partner Center's "Validate" button as a resource (procedure step 5, docs/architecture.md).
 
 With the lead-writer identity it writes a test lead shaped like Partner Center's, reads it back and
 deletes it as the deploying identity; on failure it names the broken link of the chain.

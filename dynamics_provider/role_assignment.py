@@ -1,4 +1,4 @@
-"""SecurityRoleAssignment: a security role given to a systemuser (step 3.1 of the procedure).
+"""SecurityRoleAssignment: a security role given to a systemuser (procedure step 3, docs/architecture.md).
 
 Resolves the role's copy in the user's business unit, treats an existing association as success,
 reports a removed association as gone, and disassociates on destroy unless it adopted it.

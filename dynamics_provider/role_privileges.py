@@ -1,4 +1,4 @@
-"""RolePrivileges: exact depths for a listed set of privileges of a security role (step 3.2).
+"""RolePrivileges: exact depths for a listed set of privileges of a security role (procedure step 4, docs/architecture.md).
 
 Works on the role's root copy, touches only the listed privileges, records the depths it found
 before changing them and restores those on destroy. Depths are checked against the catalogue first.

@@ -1,4 +1,4 @@
-"""SolutionImport: a managed solution installed in the organization (step 1 of the procedure).
+"""SolutionImport: a managed solution installed in the organization (procedure step 1, docs/architecture.md).
 
 Identity is the unique name + version read from the zip (local path, or an https URL pinned by sha256
 and downloaded once). Imports, upgrades, re-imports changed bytes of the same version in place, adopts

@@ -1,4 +1,4 @@
-"""SyncedUser: the Dataverse systemuser of an Office 365 lead writer (procedure step 2b.4).
+"""SyncedUser: the Dataverse systemuser of an Office 365 lead writer (procedure step 2b, docs/architecture.md).
 
 Licence sync creates the user, not us: create waits (bounded, capped backoff) until it appears and
 adopts it; a user disabled by hand is re-enabled; destroy releases it and never deletes it.
