@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from pulumi.dynamic import CheckFailure, CheckResult, ConfigureRequest, DiffResult, ResourceProvider
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from dynamics_provider.auth import DeployerSettings, TokenProvider
     from dynamics_provider.client import DataverseClient
 
+T = TypeVar("T")
 UNKNOWN = rpc.UNKNOWN  # the wire sentinel of a value not known yet (preview)
 _CONFIG_PREFIXES = ("lead-destination:", "azuread:")
 
@@ -178,7 +179,7 @@ def need_positive_int(value: Any, maximum: int = 86400) -> str | None:
 
 
 def wait_until(
-    probe: Callable[[], Any],
+    probe: Callable[[], T | None],
     *,
     timeout: float,
     what: str,
@@ -187,7 +188,7 @@ def wait_until(
     factor: float = 1.6,
     probe_at_once: bool = True,
     on_wait: Callable[[float], None] | None = None,
-) -> Any:
+) -> T:
     """Call `probe` until it returns something truthy: capped exponential backoff, bounded overall.
 
     `probe_at_once=False` waits `first_delay` before the first probe (for work that cannot be done yet,
