@@ -72,7 +72,7 @@ class LeadDestination(pulumi.ComponentResource):
 
         self.writer = DynamicsLeadWriter(f"{name}-dynamics", settings, identity, opts=child)
 
-        # Partner Center (issue 6): with config `offer`, the identity's outputs go straight to the offer.
+        # Partner Center: with config `offer`, the identity's outputs go straight to the offer.
         self.offer = None
         if settings.offer:
             self.offer = offer_lead_destination(
@@ -94,6 +94,7 @@ class LeadDestination(pulumi.ComponentResource):
         self.solution_version = self.writer.solution_version
         self.application_user_id = self.writer.user_id
         self.validated_at = self.writer.validated_at
+        self.adopted = adopted_objects(self)
         #: the stack outputs (names as in docs/configuration.md), registered here and exported by `run`
         self.exports: dict[str, pulumi.Output[Any]] = {
             "partnerCenter": self.partner_center,
@@ -101,8 +102,23 @@ class LeadDestination(pulumi.ComponentResource):
             "solutionVersion": self.solution_version,
             "applicationUserId": self.application_user_id,
             "validatedAt": self.validated_at,
+            "adopted": self.adopted,
         }
         self.register_outputs(self.exports)
+
+
+def adopted_objects(destination: LeadDestination) -> pulumi.Output[list[str]]:
+    """The objects the stack found in place and adopted instead of making them: `pulumi destroy` leaves
+    them as they are (a licence-synced Office 365 user is always one of them)."""
+    writer = destination.writer
+    flags: dict[str, Any] = {"solution": writer.solution.adopted, "role assignment": writer.role_assignment.adopted}
+    if writer.application_user is not None:
+        flags["application user"] = writer.application_user.adopted
+    if destination.office365 is not None:
+        flags["Office 365 user (licence sync)"] = True
+    if destination.offer is not None:
+        flags["offer lead destination"] = destination.offer.set_by_stack.apply(lambda own: not own)
+    return pulumi.Output.all(**flags).apply(lambda seen: sorted(name for name, adopted in seen.items() if adopted))
 
 
 def offer_lead_destination(

@@ -1,4 +1,4 @@
-"""DynamicsLeadWriter: the Dynamics side of the procedure, in dependency order.
+"""DynamicsLeadWriter: the Dynamics side of the procedure (docs/architecture.md), in dependency order.
 
 SolutionImport ∥ ApplicationUser (or the synced Office 365 user) -> SecurityRoleAssignment, and
 SolutionImport -> RolePrivileges (the YAML spec); both -> LeadWriteCheck (when validation is on),

@@ -1,4 +1,4 @@
-"""Office365ServiceAccount: the Office 365 user alternative to the Entra app (procedure.md 2b).
+"""Office365ServiceAccount: the Office 365 user alternative to the Entra app (procedure step 2b, docs/architecture.md).
 
 User without forced password change, RandomPassword rotated by a period key (90 days default),
 the Customer Engagement licence, then the Dynamics systemuser that licence sync creates.

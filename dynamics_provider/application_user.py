@@ -1,4 +1,4 @@
-"""ApplicationUser: the Dataverse systemuser of an Entra application (step 2a.6 of the procedure).
+"""ApplicationUser: the Dataverse systemuser of an Entra application (procedure step 2a, docs/architecture.md).
 
 Adopts an existing user by application id, repairs disabled/name/business-unit drift, and on
 destroy drops roles and disables the user, only if this resource created it.
@@ -12,36 +12,26 @@ import pulumi
 from pulumi.dynamic import CheckResult, CreateResult, DiffResult, ReadResult, Resource, UpdateResult
 
 from dynamics_provider.base import (
-    GUID_RE,
     DataverseResourceProvider,
     clean,
-    get_or_none,
     need_email,
     need_guid,
     need_https_url,
     need_text,
     new_revision,
     next_revision,
-    raise_errors,
     same,
+    tell,
 )
-from dynamics_provider.errors import AmbiguousWriteError, BadRequest, DuplicateRecord, NotFound
+from dynamics_provider.client import DataverseClient
+from dynamics_provider.dataverse import roles, users
+from dynamics_provider.dataverse.users import BusinessUnitNotFound, SystemUser
+from dynamics_provider.errors import BadRequest, NotFound
+from dynamics_provider.formats import GUID_RE
 
-USER_FIELDS = [
-    "systemuserid",
-    "applicationid",
-    "isdisabled",
-    "_businessunitid_value",
-    "firstname",
-    "lastname",
-    "fullname",
-    "internalemailaddress",
-]
 DEFAULT_FIRST_NAME, DEFAULT_LAST_NAME = "Marketplace", "Lead Writer"
 INPUTS = ("instance_url", "application_id", "business_unit", "first_name", "last_name", "email")
-# input → systemuser column; the e-mail is set on create only (it replaces the user when it changes)
-NAME_COLUMNS = (("first_name", "firstname"), ("last_name", "lastname"))
-COLUMNS = (*NAME_COLUMNS, ("email", "internalemailaddress"))
+NAMES = ("first_name", "last_name")  # the e-mail is set on create only (it replaces the user when it changes)
 
 
 class ApplicationUserProvider(DataverseResourceProvider):
@@ -60,7 +50,7 @@ class ApplicationUserProvider(DataverseResourceProvider):
         }
         if "business_unit" in inputs:
             checks["business_unit"] = need_text(inputs["business_unit"], "a business unit name or id", 160)
-        for key in ("first_name", "last_name"):
+        for key in NAMES:
             if key in inputs:
                 checks[key] = need_text(inputs[key], key.replace("_", " "), 64)
         checks["email"] = need_email(inputs.get("email"))  # Dataverse requires it; it cannot change later
@@ -77,29 +67,35 @@ class ApplicationUserProvider(DataverseResourceProvider):
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         inputs = clean(props)
-        subject = f"application {inputs['application_id']}"
+        app_id = inputs["application_id"]
+        subject = f"application {app_id}"
         with self.operation("create", subject):
             client = self.client(inputs["instance_url"])
-            user, bu = self._lookup(client, inputs, self._by_application(inputs["application_id"]))
+            user, bu = self._lookup(client, inputs, subject, application_id=app_id)
             adopted = user is not None
             if user is None:
-                user, adopted = self._create(client, inputs, bu)
+                user, created = users.create_application_user(
+                    client, app_id, bu, self._names(inputs), inputs.get("email"))
+                adopted = not created
             user, _ = self._converge(client, inputs, user, bu)
-        return CreateResult(user["systemuserid"], self._outs(inputs, user, adopted, new_revision()))
+        if adopted:
+            tell(f"ApplicationUser: systemuser {user.id} of application {app_id} existed before this stack: "
+                 "adopted; `pulumi destroy` leaves it as it is")
+        return CreateResult(user.id, self._outs(inputs, user, adopted, new_revision()))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         state = clean(props)
         with self.operation("read", f"systemuser {id_}"):
-            user = self._get(self.client(state["instance_url"]), id_)
+            user = users.get_user(self.client(state["instance_url"]), id_)
         if user is None:
             return ReadResult("", {})
         observed = dict(state)
         # Field-by-field truth: names/e-mail as Dataverse has them; a business unit that moved is
         # shown as the id it moved to, so the next diff sees the input differ.
-        for key, field in COLUMNS:
+        for key in (*NAMES, "email"):
             if state.get(key) is not None:
-                observed[key] = user.get(field)
-        bu = user.get("_businessunitid_value")
+                observed[key] = getattr(user, key)
+        bu = user.business_unit_id
         if not same(bu, state.get("business_unit_id")) or (
             isinstance(state.get("business_unit"), str)
             and GUID_RE.match(state["business_unit"])
@@ -110,12 +106,13 @@ class ApplicationUserProvider(DataverseResourceProvider):
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         inputs, state = clean(news), clean(olds)
-        with self.operation("update", f"systemuser {id_}"):
+        subject = f"systemuser {id_}"
+        with self.operation("update", subject):
             client = self.client(inputs["instance_url"])
-            user, bu = self._lookup(client, inputs, self._by_id(id_))
+            user, bu = self._lookup(client, inputs, subject, user_id=id_)
             if user is None:
                 raise self.refuse(
-                    "update", f"systemuser {id_}", "the user no longer exists",
+                    "update", subject, "the user no longer exists",
                     "run `pulumi refresh` so that the next `pulumi up` creates it again",
                 )
             user, wrote = self._converge(client, inputs, user, bu)
@@ -124,141 +121,64 @@ class ApplicationUserProvider(DataverseResourceProvider):
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         state = clean(props)
         if state.get("adopted"):
-            return  # released: it existed before this stack
+            tell(f"ApplicationUser: systemuser {id_} left as it is (it existed before this stack)")
+            return
         with self.operation("delete", f"systemuser {id_}"):
             client = self.client(state["instance_url"])
             try:
-                roles = client.query(f"systemusers({id_})/systemuserroles_association", select=["roleid"])
-                for role in roles:
-                    try:
-                        client.disassociate("systemusers", id_, "systemuserroles_association", role["roleid"])
-                    except NotFound:
-                        pass
-                client.update("systemusers", id_, {"isdisabled": True})
+                for role_id in roles.role_ids_of(client, id_):
+                    roles.unassign_role(client, id_, role_id)
+                users.update_user(client, id_, disabled=True)
             except NotFound:
                 return
 
     # -- steps ---------------------------------------------------------------------------------
 
     @staticmethod
-    def _by_application(application_id: str) -> str:
-        from dynamics_provider.client import odata_guid, odata_path
+    def _names(inputs: dict[str, Any]) -> dict[str, str]:
+        return {key: inputs[key] for key in NAMES if inputs.get(key) is not None}
 
-        return odata_path("systemusers", {"$select": ",".join(USER_FIELDS),
-                                          "$filter": f"applicationid eq {odata_guid(application_id)}"})
-
-    @staticmethod
-    def _by_id(id_: str) -> str:
-        from dynamics_provider.client import odata_guid, odata_path
-
-        return odata_path(f"systemusers({odata_guid(id_)})", {"$select": ",".join(USER_FIELDS)})
-
-    def _lookup(self, client: Any, inputs: dict[str, Any], user_path: str) -> tuple[dict[str, Any] | None, str]:
-        """The user (by `user_path`) and the wanted business unit's id, in one `$batch` round trip."""
-        from dynamics_provider.client import odata_path, odata_string
-
-        wanted = inputs.get("business_unit")
-        paths = [user_path]
-        if not (wanted and GUID_RE.match(wanted)):
-            paths.append(odata_path("businessunits", {
-                "$select": "businessunitid",
-                "$filter": f"name eq {odata_string(wanted)}" if wanted else "_parentbusinessunitid_value eq null",
-            }))
-        found, *units = client.batch_get(paths)
-        if isinstance(found, NotFound):
-            user = None
-        else:
-            found, *units = raise_errors([found, *units])
-            user = found if "systemuserid" in found else next(iter(found.get("value") or []), None)
-        if not units:
-            return user, wanted
-        rows = raise_errors(units)[0].get("value") or []
-        if not rows:
+    def _lookup(self, client: DataverseClient, inputs: dict[str, Any], subject: str,
+                **user: str) -> tuple[SystemUser | None, str]:
+        """The user and the wanted business unit's id, in one round trip."""
+        try:
+            return users.user_and_business_unit(client, inputs.get("business_unit"), **user)
+        except BusinessUnitNotFound:
             raise self.refuse(
-                "resolve", f"business unit {wanted!r}", "no business unit has this name",
-                "use the name shown under Settings → Business Management → Business Units, or its id",
-            )
-        return user, rows[0]["businessunitid"]
-
-    def _find(self, client: Any, application_id: str) -> dict[str, Any] | None:
-        from dynamics_provider.client import odata_guid
-
-        rows = client.query("systemusers", select=USER_FIELDS, filter=f"applicationid eq {odata_guid(application_id)}")
-        return rows[0] if rows else None
-
-    @staticmethod
-    def _get(client: Any, id_: str) -> dict[str, Any] | None:
-        return get_or_none(client, f"systemusers({id_})", USER_FIELDS)
-
-    def _create(self, client: Any, inputs: dict[str, Any], bu: str) -> tuple[dict[str, Any], bool]:
-        """Create the user (its row comes back in the same answer); (user, adopted).
-
-        Not idempotent, so an unknown outcome is settled by looking the application id up; a duplicate
-        means someone else created it first (adopted)."""
-        app_id = inputs["application_id"]
-        body: dict[str, Any] = {"applicationid": app_id, "businessunitid@odata.bind": f"/businessunits({bu})"}
-        for key, field in COLUMNS:
-            if inputs.get(key) is not None:
-                body[field] = inputs[key]
-        for attempt in (1, 2):
-            try:
-                return client.create_record("systemusers", body, USER_FIELDS), False
-            except DuplicateRecord:
-                user = self._find(client, app_id)  # created concurrently, or our earlier send landed late
-                if user is not None:
-                    return user, attempt == 1
-                raise
-            except AmbiguousWriteError as exc:
-                user = client.settle(lambda: self._find(client, app_id), exc)
-                if user is not None:
-                    return user, False
-                if attempt == 2:
-                    raise
-                # the write did not happen: send it once more
-        raise AssertionError("unreachable")  # pragma: no cover
+                "resolve", f"business unit {inputs.get('business_unit')!r}", "no business unit has this name",
+                BusinessUnitNotFound.default_hint or "",
+            ) from None
 
     def _converge(
-        self, client: Any, inputs: dict[str, Any], user: dict[str, Any], bu: str
-    ) -> tuple[dict[str, Any], bool]:
+        self, client: DataverseClient, inputs: dict[str, Any], user: SystemUser, bu: str
+    ) -> tuple[SystemUser, bool]:
         """Enable, rename and move the user as the inputs say; (user as it is now, whether it wrote)."""
-        patch: dict[str, Any] = {}
-        if user.get("isdisabled"):
-            patch["isdisabled"] = False
-        for key, field in NAME_COLUMNS:
-            if inputs.get(key) is not None and user.get(field) != inputs[key]:
-                patch[field] = inputs[key]
-        if patch:
-            client.update("systemusers", user["systemuserid"], patch)
-        moved = not same(bu, user.get("_businessunitid_value"))
+        names = {key: value for key, value in self._names(inputs).items() if getattr(user, key) != value}
+        if names or user.disabled:
+            users.update_user(client, user.id, names=names, disabled=False if user.disabled else None)
+        moved = not same(bu, user.business_unit_id)
         if moved:
-            self._move(client, user["systemuserid"], bu)
-        if patch or moved:
-            user = self._get(client, user["systemuserid"]) or user
-        return user, bool(patch or moved)
-
-    def _move(self, client: Any, user_id: str, bu: str) -> None:
-        """A user's business unit changes only through SetBusinessSystemUser (PATCH is refused)."""
-        body = {
-            "BusinessUnit": {"@odata.type": "Microsoft.Dynamics.CRM.businessunit", "businessunitid": bu},
-            "ReassignPrincipal": {"@odata.type": "Microsoft.Dynamics.CRM.systemuser", "systemuserid": user_id},
-        }
-        try:
-            client.action("SetBusinessSystemUser", body, bound=("systemusers", user_id))
-        except (NotFound, BadRequest) as exc:
-            raise self.refuse(
-                "update", f"systemuser {user_id}",
-                f"the user is in another business unit and this organization refused to move it ({exc.message})",
-                "move the user under Settings → Security → Users → Change Business Unit, then run `pulumi up`",
-            ) from exc
+            try:
+                users.move_user(client, user.id, bu)
+            except (NotFound, BadRequest) as exc:
+                raise self.refuse(
+                    "update", f"systemuser {user.id}",
+                    f"the user is in another business unit and this organization refused to move it ({exc.message})",
+                    "move the user under Settings → Security → Users → Change Business Unit, then run `pulumi up`",
+                ) from exc
+        wrote = bool(names or user.disabled or moved)
+        if wrote:
+            user = users.get_user(client, user.id) or user
+        return user, wrote
 
     @staticmethod
-    def _outs(inputs: dict[str, Any], user: dict[str, Any], adopted: bool, revision: str | None) -> dict[str, Any]:
+    def _outs(inputs: dict[str, Any], user: SystemUser, adopted: bool, revision: str | None) -> dict[str, Any]:
         outs = {k: inputs.get(k) for k in INPUTS}
         outs.update(
-            systemuser_id=user["systemuserid"],
-            business_unit_id=user.get("_businessunitid_value"),
-            full_name=user.get("fullname"),
-            disabled=bool(user.get("isdisabled")),
+            systemuser_id=user.id,
+            business_unit_id=user.business_unit_id,
+            full_name=user.full_name,
+            disabled=user.disabled,
             adopted=adopted,
             revision=revision,
         )

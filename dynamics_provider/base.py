@@ -1,6 +1,6 @@
-"""Plumbing shared by the Dataverse dynamic providers: stack config from configure(), the
-process-wide client, property hygiene (secrets, unknowns, floats, `__*` keys), explicit diffs,
-check-time validators and error messages that name resource, operation, cause and remedy.
+"""Plumbing shared by the dynamic providers: stack config from configure(), property hygiene (secrets,
+unknowns, floats, `__*` keys), explicit diffs, check-time validators, lines for the user, and error
+messages that name resource, operation, cause and remedy. The Dataverse providers also get their client.
 """
 
 from __future__ import annotations
@@ -9,14 +9,13 @@ import datetime as dt
 import functools
 import logging
 import math
-import re
 import sys
 import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from pulumi.dynamic import CheckFailure, CheckResult, ConfigureRequest, DiffResult, ResourceProvider
@@ -25,15 +24,18 @@ from pulumi.runtime import rpc
 from dynamics_provider.errors import (
     AmbiguousWriteError,
     AuthenticationError,
-    DataverseError,
     LeadDestinationError,
-    NotFound,
+    ServiceError,
 )
+from dynamics_provider.formats import EMAIL_RE, GUID_RE
 from dynamics_provider.masking import quote
 
+if TYPE_CHECKING:
+    from dynamics_provider.auth import DeployerSettings, TokenProvider
+    from dynamics_provider.client import DataverseClient
+
+T = TypeVar("T")
 UNKNOWN = rpc.UNKNOWN  # the wire sentinel of a value not known yet (preview)
-GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-EMAIL_RE = re.compile(r"^[^@\s;,]+@[^@\s;,]+\.[^@\s;,]+$")
 
 log = logging.getLogger("dynamics_provider")
 
@@ -169,23 +171,6 @@ def next_revision(state: Mapping[str, Any], wrote: bool) -> str:
     return new_revision() if wrote or not isinstance(stored, str) or not stored else stored
 
 
-def get_or_none(client: Any, path: str, select: Iterable[str] | None = None) -> dict[str, Any] | None:
-    """GET one record; None when Dataverse says it does not exist (404)."""
-    try:
-        return client.get(path, {"$select": ",".join(select)} if select else None)
-    except NotFound:
-        return None
-
-
-def raise_errors(results: Iterable[Any]) -> list[Any]:
-    """The parts of a `$batch` answer, raising the first typed error among them."""
-    results = list(results)
-    for result in results:
-        if isinstance(result, Exception):
-            raise result
-    return results
-
-
 # ---------------------------------------------------------------------------------------------
 # check-time validators (no network): each returns a reason or None
 
@@ -247,7 +232,7 @@ def need_positive_int(value: Any, maximum: int = 86400) -> str | None:
 
 
 def wait_until(
-    probe: Callable[[], Any],
+    probe: Callable[[], T | None],
     *,
     timeout: float,
     what: str,
@@ -256,7 +241,7 @@ def wait_until(
     factor: float = 1.6,
     probe_at_once: bool = True,
     on_wait: Callable[[float], None] | None = None,
-) -> Any:
+) -> T:
     """Call `probe` until it returns something truthy: capped exponential backoff, bounded overall.
 
     `probe_at_once=False` waits `first_delay` before the first probe (for work that cannot be done yet,
@@ -280,6 +265,12 @@ def wait_until(
         delay = min(delay * factor, max_delay)
 
 
+def tell(message: str) -> None:
+    """One line for the person running Pulumi: the CLI shows a provider's stderr lines as diagnostics of
+    the stack, under preview, up, refresh and destroy alike (so the line names the object it is about)."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def ensure_stderr_logging() -> None:
     """Progress logs go to stderr (the provider host's stderr) unless logging is configured already."""
     if not log.handlers and not logging.getLogger().handlers:
@@ -294,12 +285,12 @@ def ensure_stderr_logging() -> None:
 # the provider base
 
 
-class DataverseResourceProvider(ResourceProvider):
-    """Base of every Dataverse provider. Only plain data lives on `self` (it is pickled by reference
+class ProviderBase(ResourceProvider):
+    """Base of every provider of this package. Only plain data lives on `self` (it is pickled by reference
     and shared by the host's threads); clients, sessions and token caches are process-wide.
     """
 
-    resource_type = "DataverseResource"
+    resource_type = "Resource"
     #: inputs that replace the object when they change
     replace_keys: tuple[str, ...] = ("instance_url",)
     #: secret inputs: re-wrapped as secrets wherever they are passed back
@@ -326,19 +317,12 @@ class DataverseResourceProvider(ResourceProvider):
         self._config = stack_config(req.config.get)
 
     @property
-    def settings(self) -> Any:
+    def settings(self) -> DeployerSettings:
         """The deploying identity's settings: stack config from configure(), else environment."""
         from dynamics_provider.auth import DeployerSettings
 
         config = getattr(self, "_config", None) or None
         return DeployerSettings.from_sources(config)
-
-    def client(self, instance_url: str, tokens: Any = None) -> Any:
-        """The DataverseClient for an organization: the deploying identity's is process-wide (cached by
-        the client module); one for other `tokens` (a lead writer's) is new on each call."""
-        from dynamics_provider.client import DataverseClient
-
-        return DataverseClient.for_instance(instance_url, self.settings, tokens=tokens)
 
     # -- property helpers ----------------------------------------------------------------------
 
@@ -406,8 +390,8 @@ class DataverseResourceProvider(ResourceProvider):
             yield
         except ResourceOperationError:
             raise
-        except DataverseError as exc:
-            cause = f"Dataverse answered {exc.status or '-'}"
+        except ServiceError as exc:
+            cause = f"{exc.service} answered {exc.status or '-'}"
             if exc.code:
                 cause += f" {exc.code}"
             cause += f": {exc.message}"
@@ -440,6 +424,17 @@ class DataverseResourceProvider(ResourceProvider):
 
     def refuse(self, op: str, subject: str, message: str, hint: str) -> ResourceOperationError:
         return ResourceOperationError(f"{self.resource_type} {op} refused for {subject}: {message}", hint=hint)
+
+
+class DataverseResourceProvider(ProviderBase):
+    """Base of the providers of Dataverse objects: the organization's client comes from here."""
+
+    def client(self, instance_url: str, tokens: TokenProvider | None = None) -> DataverseClient:
+        """The DataverseClient for an organization: the deploying identity's is process-wide (cached by
+        the client module); one for other `tokens` (a lead writer's) is new on each call."""
+        from dynamics_provider.client import DataverseClient
+
+        return DataverseClient.for_instance(instance_url, self.settings, tokens=tokens)
 
 
 def failures_for(checks: Mapping[str, str | None]) -> list[CheckFailure]:

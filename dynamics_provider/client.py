@@ -7,7 +7,6 @@ from __future__ import annotations
 import json as jsonlib
 import re
 import threading
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -20,14 +19,13 @@ from azure.core.rest import HttpRequest, HttpResponse
 
 from .auth import DeployerSettings
 from .errors import (
-    AmbiguousWriteError,
     DataverseError,
     DuplicateRecord,
-    ServiceUnavailable,
-    Throttled,
+    ServiceError,
     error_class,
     strip_query,
 )
+from .formats import GUID_RE
 from .hosts import validate_instance_url
 from .pipeline import (
     ALL_METHODS,
@@ -48,7 +46,6 @@ from .tokens import TokenProvider, deployer_tokens
 
 API_PATH = "/api/data/v9.2/"
 _IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE"})
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _ENTITY_ID = re.compile(r"\(([0-9a-fA-F-]{36})\)\s*$")
 T = TypeVar("T")
 
@@ -74,7 +71,7 @@ def odata_path(path: str, params: Mapping[str, str] | None = None) -> str:
 def odata_guid(value: str) -> str:
     """A validated, unquoted OData GUID literal; ValueError for anything that is not a GUID."""
     text = str(value).strip().strip("{}")
-    if not _GUID.match(text):
+    if not GUID_RE.match(text):
         raise ValueError(f"not a GUID: {value!r}")
     return text.lower()
 
@@ -82,7 +79,13 @@ def odata_guid(value: str) -> str:
 class ApiClient:
     """One API (a base URL and a token audience) through the azure-core pipeline: headers, proxies, bounded
     retries honouring Retry-After, the ambiguous-write policy, bearer token with one refresh on a challenge,
-    redacted logging; answers become typed errors. Thread-safe; meant to be shared."""
+    redacted logging; answers become typed errors. Thread-safe; meant to be shared.
+
+    `error_for(status, code)` is the error class of the API behind it (Dataverse's by default), so each
+    client raises its own service's errors.
+    """
+
+    error_for: Callable[[int | None, str | None], type[ServiceError]] = staticmethod(error_class)
 
     def __init__(
         self,
@@ -155,7 +158,7 @@ class ApiClient:
             answer = self._pipeline.run(HttpRequest(method, url, headers=send_headers, content=content),
                                         retry_on_methods=ALL_METHODS, **{AmbiguousWritePolicy.OPTION: exchange})
         except AzureError as exc:  # the connection failed on every attempt (never an answered request)
-            raise ServiceUnavailable(
+            raise self.error_for(None, None)(
                 None, None, f"no answer after {exchange.attempts} attempt(s) in {exchange.elapsed():.1f}s "
                 f"({type(exc).__name__})", method=method, path=exchange.path) from None
         response = answer.http_response
@@ -165,14 +168,13 @@ class ApiClient:
         if status in RETRY_STATUSES:
             code, message = error_details(response)
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            cls = Throttled if status == 429 else ServiceUnavailable
-            raise cls(status, code, f"{message} (gave up after {exchange.attempts} attempt(s) in "
+            raise self.error_for(status, code)(status, code, f"{message} (gave up after {exchange.attempts} attempt(s) in "
                       f"{exchange.elapsed():.1f}s" + (f"; server asked to wait {retry_after:.0f}s"
                                                      if retry_after is not None else "") + ")",
                       method=method, path=exchange.path)
         if status >= 400:
             code, message = error_details(response)
-            raise error_class(status, code)(status, code, message, method=method, path=exchange.path)
+            raise self.error_for(status, code)(status, code, message, method=method, path=exchange.path)
         return response
 
 
@@ -321,7 +323,7 @@ class DataverseClient(ApiClient):
         if response.content:
             record = response.json()
             for key, value in record.items():
-                if key.endswith("id") and isinstance(value, str) and _GUID.match(value):
+                if key.endswith("id") and isinstance(value, str) and GUID_RE.match(value):
                     return value.lower()
         raise _no_record_id(response, entity_set)
 
@@ -337,20 +339,6 @@ class DataverseClient(ApiClient):
         if not entity_id:
             raise _no_record_id(response, entity_set)
         return self.get(f"{entity_set}({entity_id})", {"$select": ",".join(select)})
-
-    def settle(self, lookup: Callable[[], T], exc: AmbiguousWriteError) -> T:
-        """After an ambiguous write: the lookup's answer. When the write went unanswered (it may still
-        be in flight), look again for up to one read timeout before concluding it did not happen."""
-        found = lookup()
-        if found or not isinstance(exc, UnansweredWrite):
-            return found
-        deadline = time.monotonic() + self.retry.timeout
-        delay = 0.25
-        while not found and time.monotonic() < deadline:
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 2.0)
-            found = lookup()
-        return found
 
     def update(self, entity_set: str, record_id: str, body: dict) -> None:
         self.request("PATCH", f"{entity_set}({odata_guid(record_id)})", json=body, headers={"If-Match": "*"})
@@ -399,7 +387,7 @@ class DataverseClient(ApiClient):
         aliases: dict[str, str] = {}
         for index, (key, value) in enumerate(params.items(), start=1):
             text = str(value)
-            if _GUID.match(text.strip("{}")):
+            if GUID_RE.match(text.strip("{}")):
                 inline.append(f"{key}={odata_guid(text)}")
             elif isinstance(value, bool):
                 inline.append(f"{key}={'true' if value else 'false'}")

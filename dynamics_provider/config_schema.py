@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import LeadDestinationError
+from .formats import GUID_RE
 from .masking import quote
 
 NAMESPACE = "lead-destination"
@@ -331,13 +331,10 @@ def parse_scalar(setting: Setting, value: Any, *, check_format: bool = True) -> 
             raise fail
         return match
     if setting.format == "guid" and check_format:
-        if not _GUID.match(text):
+        if not GUID_RE.match(text):
             raise fail
         return text.lower()
     return text
-
-
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
 def read_deployer(config: Callable[[str], Any], environ: Mapping[str, str]) -> dict[str, Any]:

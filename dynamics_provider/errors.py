@@ -1,4 +1,4 @@
-"""Typed errors of the Dataverse / Entra client: what failed, where, and what to do about it.
+"""Typed errors of the Dataverse, Partner Center and Entra clients: what failed, where, and what to do.
 
 Every message is built from non-secret parts only (status, code, service message, method, path
 without query); tokens, secrets, passwords and assertions never reach an exception's text.
@@ -27,6 +27,10 @@ class InvalidInstanceUrl(LeadDestinationError, ValueError):
     """The instance URL is not a Dynamics 365 host of the configured cloud (refused before any token)."""
 
 
+class UnknownCloud(LeadDestinationError, ValueError):
+    """The configured cloud is not one this package knows (refused before any token)."""
+
+
 class InvalidAuthorityHost(LeadDestinationError, ValueError):
     """The authority host override is not an Entra login host (refused before any credential is sent)."""
 
@@ -53,12 +57,13 @@ class AuthenticationError(LeadDestinationError):
         return f"{type(self).__name__}(code={self.code!r}, error={self.error!r}, message={Exception.__str__(self)!r})"
 
 
-class DataverseError(LeadDestinationError):
-    """A Web API call answered with an error status.
+class ServiceError(LeadDestinationError):
+    """An HTTP API answered with an error status (or not at all).
 
-    str() is "<METHOD> <path> -> <status> <code>: <message>. <hint>".
+    str() is "<METHOD> <path> -> <status> <code>: <message>. <hint>"; `service` names the API.
     """
 
+    service = "the service"
     default_hint: str | None = None
 
     def __init__(
@@ -88,6 +93,12 @@ class DataverseError(LeadDestinationError):
             f"{type(self).__name__}(status={self.status!r}, code={self.code!r}, method={self.method!r}, "
             f"path={self.path!r}, message={self.message!r})"
         )
+
+
+class DataverseError(ServiceError):
+    """The Dataverse Web API answered with an error status (subclasses by status and error code)."""
+
+    service = "Dataverse"
 
 
 class NotFound(DataverseError):
@@ -145,6 +156,12 @@ class AmbiguousWriteError(LeadDestinationError):
         return f"AmbiguousWriteError(method={self.method!r}, path={self.path!r}, reason={self.reason!r})"
 
 
+class PartnerCenterError(ServiceError):
+    """Partner Center's Product Ingestion API (behind Microsoft Graph) answered with an error status."""
+
+    service = "Partner Center"
+
+
 def strip_query(path: str) -> str:
     """Path without query string or fragment (a query could carry values we do not want in errors)."""
     for sep in ("?", "#"):
@@ -173,3 +190,8 @@ def error_class(status: int | None, code: str | None) -> type[DataverseError]:
     if status is None:
         return ServiceUnavailable
     return _BY_STATUS.get(status, DataverseError)
+
+
+def partner_center_error_class(status: int | None, code: str | None) -> type[ServiceError]:
+    """Partner Center's errors are one class; its status and code say the rest."""
+    return PartnerCenterError

@@ -8,7 +8,7 @@ import ipaddress
 import re
 from urllib.parse import urlsplit
 
-from .errors import InvalidAuthorityHost, InvalidInstanceUrl
+from .errors import InvalidAuthorityHost, InvalidInstanceUrl, UnknownCloud
 from .masking import quote
 
 CLOUDS = ("public", "usgovernment", "dod", "china")
@@ -66,14 +66,14 @@ _LOOPBACK_PATH = re.compile(r"^(?:/[A-Za-z0-9._~-]+)*/?$")
 
 
 def normalize_cloud(cloud: str | None) -> str:
-    """The canonical cloud name for `cloud` (accepts pulumi-azuread/ARM spellings); ValueError if unknown."""
+    """The canonical cloud name for `cloud` (accepts pulumi-azuread/ARM spellings); UnknownCloud if unknown."""
     if cloud is None or str(cloud).strip() == "":
         return "public"
     key = re.sub(r"[\s_-]", "", str(cloud)).lower()
     try:
         return _CLOUD_ALIASES[key]
     except KeyError:
-        raise InvalidInstanceUrl(
+        raise UnknownCloud(
             f"unknown cloud {quote(cloud)}", hint=f"use one of: {', '.join(CLOUDS)} (GCC is 'public')"
         ) from None
 

@@ -1,4 +1,4 @@
-"""LeadWriteCheck: Partner Center's "Validate" button as a resource (step 4 of the procedure).
+"""LeadWriteCheck: Partner Center's "Validate" button as a resource (procedure step 5, docs/architecture.md).
 
 With the lead-writer identity it writes a test lead shaped like Partner Center's, reads it back and
 deletes it as the deploying identity; on failure it names the broken link of the chain.
@@ -9,13 +9,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import time
 import uuid
 from typing import Any
 
 import pulumi
 from pulumi.dynamic import CheckResult, CreateResult, DiffResult, ReadResult, Resource, UpdateResult
 
+from dynamics_provider.auth import TokenProvider
 from dynamics_provider.base import (
     DataverseResourceProvider,
     ResourceOperationError,
@@ -25,48 +25,30 @@ from dynamics_provider.base import (
     need_https_url,
     need_text,
 )
+from dynamics_provider.client import DataverseClient
 from dynamics_provider.config_schema import hint_for_input
-from dynamics_provider.errors import (
-    AccessDenied,
-    AmbiguousWriteError,
-    AuthenticationError,
-    DataverseError,
-    DuplicateRecord,
-    NotFound,
-    Unauthorized,
-)
+from dynamics_provider.dataverse import leads, roles, users
+from dynamics_provider.errors import AccessDenied, AuthenticationError, DataverseError, Unauthorized
 
 INPUTS = ("instance_url", "tenant_id", "client_id", "client_secret", "username", "password", "keep_lead", "triggers")
-_EPOCH_TICKS = 621355968000000000  # .NET ticks at 1970-01-01
+SECRET_INPUTS = ("client_secret", "password")
 _PRIVILEGE = re.compile(r"\b(prv[A-Za-z0-9_]+)")
 # Dataverse's unManagedidsusernotenabled: the Web API answers a disabled caller 400 with this code (not 401/403)
 USER_NOT_ENABLED = "0x80040225"
-
-
-def dotnet_ticks(now: float | None = None) -> int:
-    return _EPOCH_TICKS + int((time.time() if now is None else now) * 10_000_000)
-
-
-def validation_lead(ticks: int) -> dict[str, str]:
-    """Partner Center's validation lead: every field MSFT_TEST_<ticks>."""
-    marker = f"MSFT_TEST_{ticks}"
-    return {field: marker for field in ("subject", "firstname", "lastname", "emailaddress1", "companyname")}
-
-
 _LEAD_NAMESPACE = uuid.UUID("4c0e7f0a-6a52-4d8e-9a53-0d5b3c1f2a77")
 
 
 def validation_lead_id(inputs: dict[str, Any]) -> str:
     """The test lead's id, derived from the check's non-secret inputs: a create the engine retries after
     a crash (same inputs) meets the lead its killed attempt wrote, and removes it, instead of leaving it."""
-    key = {k: inputs.get(k) for k in INPUTS if k not in LeadWriteCheckProvider.secret_keys}
+    key = {k: inputs.get(k) for k in INPUTS if k not in SECRET_INPUTS}
     return str(uuid.uuid5(_LEAD_NAMESPACE, json.dumps(key, sort_keys=True, default=str)))
 
 
 class LeadWriteCheckProvider(DataverseResourceProvider):
     resource_type = "LeadWriteCheck"
     replace_keys = INPUTS
-    secret_keys = ("client_secret", "password")
+    secret_keys = SECRET_INPUTS
 
     # -- check / diff --------------------------------------------------------------------------
 
@@ -110,17 +92,17 @@ class LeadWriteCheckProvider(DataverseResourceProvider):
         with self.operation("create", subject):
             admin = self.client(inputs["instance_url"])
             writer = self.client(inputs["instance_url"], tokens=self._writer_tokens(inputs))
-            lead = {"leadid": validation_lead_id(inputs), **validation_lead(dotnet_ticks())}
-            lead_id = self._write(inputs, admin, writer, lead, subject)
+            fields = leads.validation_lead(leads.dotnet_ticks())
+            lead_id = self._write(inputs, admin, writer, validation_lead_id(inputs), fields, subject)
             try:
-                self._read_back(admin, lead_id, lead, subject)
+                self._read_back(admin, lead_id, fields, subject)
             except ResourceOperationError:
                 # an altered test lead is deleted even with keep_lead: the failed create records no lead_id,
                 # so nothing would ever remove it (and it holds only MSFT_TEST_ markers: nothing is lost)
-                self._remove(admin, lead_id)
+                leads.delete_lead(admin, lead_id)
                 raise
             if not inputs.get("keep_lead"):
-                admin.delete("leads", lead_id)
+                leads.delete_lead(admin, lead_id)
         outs = self.outputs(
             {k: inputs.get(k) for k in INPUTS},
             lead_id=lead_id if inputs.get("keep_lead") else None,
@@ -145,14 +127,11 @@ class LeadWriteCheckProvider(DataverseResourceProvider):
         if not state.get("lead_id"):
             return
         with self.operation("delete", f"test lead {state['lead_id']}"):
-            try:
-                self.client(state["instance_url"]).delete("leads", state["lead_id"])
-            except NotFound:
-                pass
+            leads.delete_lead(self.client(state["instance_url"]), state["lead_id"])
 
     # -- steps ---------------------------------------------------------------------------------
 
-    def _writer_tokens(self, inputs: dict[str, Any]) -> Any:
+    def _writer_tokens(self, inputs: dict[str, Any]) -> TokenProvider:
         from dynamics_provider.auth import client_secret_tokens, password_tokens
 
         settings = self.settings
@@ -162,7 +141,8 @@ class LeadWriteCheckProvider(DataverseResourceProvider):
                                         ca_bundle=settings.ca_bundle)
         return password_tokens(authority, inputs["username"], inputs["password"], ca_bundle=settings.ca_bundle)
 
-    def _write(self, inputs: dict[str, Any], admin: Any, writer: Any, lead: dict[str, str], subject: str) -> str:
+    def _write(self, inputs: dict[str, Any], admin: DataverseClient, writer: DataverseClient, lead_id: str,
+               fields: dict[str, str], subject: str) -> str:
         """Create the lead as the lead writer; on failure, diagnose which link of the chain broke."""
         try:
             writer.tokens.get_token(writer.instance_url + "/.default")
@@ -181,35 +161,15 @@ class LeadWriteCheckProvider(DataverseResourceProvider):
                 hint=hint,
             ) from exc
         try:
-            try:
-                try:
-                    return writer.create("leads", lead)
-                except DuplicateRecord:
-                    # an earlier attempt with these inputs wrote it and never got to delete it (killed):
-                    # remove it and write again, so the chain is proven now
-                    try:
-                        admin.delete("leads", lead["leadid"])
-                    except NotFound:
-                        pass
-                    return writer.create("leads", lead)
-            except AmbiguousWriteError as exc:
-                # the lead carries its own id: look for it (giving an unanswered write time to land),
-                # and resend the same id otherwise, which can never make a second lead
-                if writer.settle(lambda: self._lead_exists(admin, lead["leadid"]), exc):
-                    return lead["leadid"]
-                try:
-                    return writer.create("leads", lead)
-                except DuplicateRecord:
-                    return lead["leadid"]  # the first send landed in the meantime
+            return leads.write_lead(writer, admin, lead_id, fields)
         except DataverseError as exc:
             raise self._diagnose(inputs, admin, exc, subject) from exc
 
     @staticmethod
-    def _read_back(admin: Any, lead_id: str, lead: dict[str, str], subject: str) -> None:
+    def _read_back(admin: DataverseClient, lead_id: str, fields: dict[str, str], subject: str) -> None:
         """The deploying identity reads the lead back: it landed, with the fields the marketplace wrote."""
-        fields = [k for k in lead if k != "leadid"]
-        stored = admin.get(f"leads({lead_id})", {"$select": ",".join(["leadid", *fields])})
-        altered = sorted(k for k in fields if stored.get(k) != lead[k])
+        stored = leads.read_lead(admin, lead_id)
+        altered = sorted(k for k in fields if stored.get(k) != fields[k])
         if altered:
             raise ResourceOperationError(
                 f"LeadWriteCheck failed for {subject}: the test lead {lead_id} landed with "
@@ -218,24 +178,8 @@ class LeadWriteCheckProvider(DataverseResourceProvider):
                 "marketplace leads would arrive altered too",
             )
 
-    @staticmethod
-    def _remove(admin: Any, lead_id: str) -> None:
-        try:
-            admin.delete("leads", lead_id)
-        except NotFound:
-            pass
-
-    @staticmethod
-    def _lead_exists(admin: Any, lead_id: str) -> bool:
-        try:
-            admin.get(f"leads({lead_id})", {"$select": "leadid"})
-        except NotFound:
-            return False
-        return True
-
-    def _diagnose(self, inputs: dict[str, Any], admin: Any, exc: DataverseError, subject: str) -> Exception:
-        from dynamics_provider.client import odata_guid, odata_string
-
+    def _diagnose(self, inputs: dict[str, Any], admin: DataverseClient, exc: DataverseError,
+                  subject: str) -> Exception:
         def fail(link: str, hint: str) -> ResourceOperationError:
             detail = f"Dataverse answered {exc.status or '-'}" + (f" {exc.code}" if exc.code else "")
             return ResourceOperationError(f"LeadWriteCheck failed for {subject}: {link} ({detail}: {exc.message})",
@@ -243,31 +187,28 @@ class LeadWriteCheckProvider(DataverseResourceProvider):
 
         if not isinstance(exc, AccessDenied | Unauthorized) and (exc.code or "").lower() != USER_NOT_ENABLED:
             return fail("the test lead could not be written", exc.hint or "retry later")
+        user: users.SystemUser | None = None
         try:
-            if inputs.get("client_id"):
-                users = admin.query("systemusers", select=["systemuserid", "isdisabled"],
-                                    filter=f"applicationid eq {odata_guid(inputs['client_id'])}")
-            else:
-                users = admin.query("systemusers", select=["systemuserid", "isdisabled"],
-                                    filter=f"domainname eq {odata_string(inputs['username'])}")
+            user = (users.find_application_user(admin, inputs["client_id"]) if inputs.get("client_id")
+                    else users.find_user_by_name(admin, inputs["username"]))
+            looked_up = True
         except DataverseError:
-            users = None
-        if users == []:
+            looked_up = False
+        if looked_up and user is None:
             return fail("the lead writer is not a user of this organization",
                         "create its application user (ApplicationUser) or wait for licence sync (SyncedUser)")
-        if users and users[0].get("isdisabled"):
+        if user is not None and user.disabled:
             return fail("the lead writer's user is disabled",
                         "enable it (run `pulumi up`: ApplicationUser/SyncedUser re-enable it)")
         if isinstance(exc, Unauthorized):
             return fail("the organization refused the lead writer's token",
                         "check that the identity is an enabled user of this organization")
-        if users:
+        if user is not None:
             try:
-                roles = admin.query(f"systemusers({users[0]['systemuserid']})/systemuserroles_association",
-                                    select=["roleid", "name"])
+                role_ids: list[str] | None = roles.role_ids_of(admin, user.id)
             except DataverseError:
-                roles = None
-            if roles == []:
+                role_ids = None
+            if role_ids == []:
                 return fail("the lead writer has no security role",
                             "assign the Microsoft Marketplace Lead Writer role (SecurityRoleAssignment)")
         match = _PRIVILEGE.search(exc.message or "")

@@ -1,6 +1,6 @@
 """OfferLeadDestination: a marketplace offer's lead destination (Dynamics 365) set through Partner
-Center's Product Ingestion API — product lookup, `customer-leads` configure jobs polled to completion,
-drift read from the draft resource tree, the masked secret tracked by a salted hash of our input.
+Center's Product Ingestion API (`partner_center`): the offer's product found by its id, drift read
+from the draft resource tree, the masked secret tracked by a salted hash of our input.
 """
 
 from __future__ import annotations
@@ -9,65 +9,53 @@ import hashlib
 import hmac
 import re
 import secrets as _secrets
-import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import quote, urlsplit
 
 import pulumi
-from pulumi.dynamic import CheckFailure, CreateResult, DiffResult, ReadResult, Resource, UpdateResult
+from pulumi.dynamic import (
+    CheckFailure,
+    CheckResult,
+    CreateResult,
+    DiffResult,
+    ReadResult,
+    Resource,
+    UpdateResult,
+)
 
+from dynamics_provider.auth import DeployerSettings
 from dynamics_provider.base import (
-    EMAIL_RE,
-    GUID_RE,
-    DataverseResourceProvider,
+    ProviderBase,
     ResourceOperationError,
     clean,
     ensure_stderr_logging,
     is_unknown,
-    log,
-    wait_until,
+    tell,
 )
-from dynamics_provider.errors import DataverseError, LeadDestinationError
+from dynamics_provider.errors import LeadDestinationError, PartnerCenterError
+from dynamics_provider.formats import EMAIL_RE, GUID_RE
+from dynamics_provider.partner_center import (
+    AZURE_AD_FIELDS,
+    COMPARED_FIELDS,
+    OFFICE365_FIELDS,
+    ProductIngestion,
+    contact_list,
+    customer_leads,
+    no_lead_destination,
+    observed_fields,
+    partner_center_client,
+    redact,
+)
 
-DEFAULT_ENDPOINT_PATH = "/rp/product-ingestion"
 DEFAULT_SCHEMA_VERSION = "2022-03-01-preview2"
-SCHEMA_BASE = "https://schema.mp.microsoft.com/schema"
-MASKED = "*********"
 JOB_TIMEOUT_SECONDS = 600.0
-JOB_FIRST_DELAY = 0.25
-JOB_MAX_DELAY = 5.0
 HASH_ITERATIONS = 100_000
 
 OFFER_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,49}$")
 SCHEMA_VERSION_RE = re.compile(r"^\d{4}-\d{2}-\d{2}(?:-preview\d+)?$")
 AUTHENTICATIONS = ("azureAD", "office365")
 SECRET_INPUTS = ("application_key", "password")
-AZURE_AD_FIELDS = ("application_id", "directory_id", "application_key")
-OFFICE365_FIELDS = ("username", "password")
-COMPARED_FIELDS = ("instance_url", "authentication", "application_id", "directory_id", "username",
-                   "contact_emails")
-# input name → dynamicsLeadConfiguration property
-WIRE_NAMES = {"instance_url": "instanceUrl", "authentication": "authentication",
-              "application_id": "applicationId", "application_key": "applicationKey",
-              "directory_id": "directoryId", "username": "username", "password": "password",
-              "contact_emails": "contactEmail"}
-
-
-class OfferConfigurationError(LeadDestinationError):
-    """Partner Center refused or failed a configure job; the API's errors are quoted (secrets redacted)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# pure helpers
-
-
-def redact(text: str, secret_values: list[str | None]) -> str:
-    for value in secret_values:
-        if value:
-            text = text.replace(value, "[redacted]")
-    return text
 
 
 def secret_hash(value: str, salt: str | None = None) -> str:
@@ -88,151 +76,16 @@ def secret_matches(value: str | None, recorded: str | None) -> bool:
     return scheme == "pbkdf2-sha256" and hmac.compare_digest(expected, digest)
 
 
-def contact_list(value: Any) -> list[str]:
-    """Contact e-mails as a list: accepts a list or the portal's `a@x.com;b@y.com` form."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(";") if part.strip()]
-    return [str(v).strip() for v in value if str(v).strip()]
-
-
 def secret_of(props: Mapping[str, Any]) -> str | None:
     key = "application_key" if props.get("authentication") == "azureAD" else "password"
     return props.get(key) or None
-
-
-def customer_leads(product_id: str, props: Mapping[str, Any], version: str) -> dict[str, Any]:
-    """The `customer-leads` resource for our (clean) inputs."""
-    fields = ("instance_url", "authentication")
-    fields += AZURE_AD_FIELDS if props["authentication"] == "azureAD" else OFFICE365_FIELDS
-    config = {WIRE_NAMES[k]: props[k] for k in fields}
-    config["contactEmail"] = contact_list(props.get("contact_emails"))
-    guid = product_id.removeprefix("product/")
-    return {"$schema": f"{SCHEMA_BASE}/customer-leads/{version}", "id": f"customer-leads/{guid}",
-            "product": f"product/{guid}", "leadDestination": "dynamics", "dynamicsLeadConfiguration": config}
-
-
-def observed_fields(resource: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Non-secret destination settings as Partner Center holds them (None where not dynamics)."""
-    config = (resource or {}).get("dynamicsLeadConfiguration") or {}
-    if (resource or {}).get("leadDestination") != "dynamics" or not isinstance(config, dict):
-        config = {}
-    out = {key: config.get(WIRE_NAMES[key]) for key in COMPARED_FIELDS}
-    out["contact_emails"] = contact_list(config.get("contactEmail"))
-    out["secret_present"] = bool(config.get("applicationKey") or config.get("password"))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# the Product Ingestion API, one layer down
-
-_CLIENTS: dict[tuple[Any, ...], Any] = {}
-_CLIENTS_LOCK = threading.Lock()
-
-
-class IngestionApi:
-    """The calls this resource makes to the Product Ingestion API (one shared ApiClient per endpoint)."""
-
-    def __init__(self, settings: Any, version: str) -> None:
-        from dynamics_provider.auth import deployer_tokens
-        from dynamics_provider.client import ApiClient
-        from dynamics_provider.hosts import graph_resource
-
-        self.version = version
-        cloud = getattr(settings, "cloud", None) or "public"
-        graph = graph_resource(cloud)
-        endpoint = partner_center_endpoint(settings, graph)
-        tokens = deployer_tokens(settings)
-        key = (endpoint, getattr(settings, "ca_bundle", None), id(tokens))
-        with _CLIENTS_LOCK:
-            client = _CLIENTS.get(key)
-            if client is None:
-                client = ApiClient(endpoint, tokens, f"{graph}/.default",
-                                   ca_bundle=getattr(settings, "ca_bundle", None))
-                _CLIENTS[key] = client
-        self.client = client
-
-    def _get(self, path: str, **params: str) -> dict[str, Any]:
-        resp = self.client.request("GET", path, params={"$version": self.version, **params}, idempotent=True)
-        return resp.json()
-
-    def find_product(self, offer_id: str) -> str | None:
-        """`product/{guid}` of the offer with this external id, or None."""
-        for product in self._get("product", externalId=offer_id).get("value", []):
-            if (product.get("identity") or {}).get("externalId", offer_id) == offer_id:
-                return product["id"]
-        return None
-
-    def draft_customer_leads(self, product_id: str) -> tuple[bool, dict[str, Any] | None]:
-        """(product exists, the draft `customer-leads` resource or None)."""
-        guid = product_id.removeprefix("product/")
-        try:
-            tree = self._get(f"resource-tree/product/{quote(guid)}", targetType="draft")
-        except DataverseError as exc:
-            if exc.status == 404:
-                return False, None
-            raise
-        for resource in tree.get("resources", []):
-            if "/customer-leads/" in str(resource.get("$schema", "")) or str(resource.get("id", "")).startswith(
-                "customer-leads/"
-            ):
-                return True, resource
-        return True, None
-
-    def configure(self, resource: dict[str, Any], *, timeout: float, secret_values: list[str | None]) -> str:
-        """POST configure and poll the job to completion; returns the job id, raises with the API's errors."""
-        body = {"$schema": f"{SCHEMA_BASE}/configure/{self.version}", "resources": [resource]}
-        # configure is declarative (same body → same draft), so a retry after a lost answer is safe
-        resp = self.client.request("POST", "configure", params={"$version": self.version}, json=body,
-                                   idempotent=True)
-        job = resp.json()
-        job_id = job["jobId"]
-        log.info("Partner Center configure job %s submitted for %s", job_id, resource.get("product"))
-
-        def probe() -> dict[str, Any] | None:
-            status = self._get(f"configure/{quote(job_id)}/status")
-            return status if status.get("jobStatus") == "completed" else None
-
-        status = wait_until(probe, timeout=timeout, what=f"Partner Center configure job {job_id}",
-                            first_delay=JOB_FIRST_DELAY, max_delay=JOB_MAX_DELAY)
-        if status.get("jobResult") != "succeeded":
-            errors = status.get("errors") or []
-            text = "; ".join(f"{e.get('code', '?')}: {e.get('message', '')}" if isinstance(e, dict) else str(e)
-                             for e in errors) or "no error details"
-            raise OfferConfigurationError(
-                redact(f"configure job {job_id} {status.get('jobResult', 'failed')}: {text}", secret_values),
-                hint="fix the lead destination settings named above; Partner Center keeps the previous draft",
-            )
-        return job_id
-
-
-def partner_center_endpoint(settings: Any, graph: str) -> str:
-    """The ingestion base URL; tokens go only to the cloud's Graph host (loopback with the opt-in)."""
-    from dynamics_provider.hosts import is_loopback_host
-    from dynamics_provider.masking import quote
-
-    endpoint = (getattr(settings, "partner_center_endpoint", None) or f"{graph}{DEFAULT_ENDPOINT_PATH}").rstrip("/")
-    parts = urlsplit(endpoint)
-    host = (parts.hostname or "").lower()
-    allowed = parts.scheme == "https" and not parts.username and not parts.query and (
-        host == urlsplit(graph).hostname
-        or (is_loopback_host(host) and bool(getattr(settings, "allow_loopback", False)))
-    )
-    if not allowed:
-        raise LeadDestinationError(
-            f"Partner Center endpoint {quote(endpoint, url=True)} refused: a Graph token may only go to "
-            f"https://{urlsplit(graph).hostname}",
-            hint="unset lead-destination:partnerCenterEndpoint (loopback needs lead-destination:allowLoopback)",
-        )
-    return endpoint
 
 
 # ---------------------------------------------------------------------------------------------
 # the provider
 
 
-class OfferLeadDestinationProvider(DataverseResourceProvider):
+class OfferLeadDestinationProvider(ProviderBase):
     resource_type = "OfferLeadDestination"
     replace_keys = ("offer_id",)
     secret_keys = SECRET_INPUTS
@@ -243,9 +96,9 @@ class OfferLeadDestinationProvider(DataverseResourceProvider):
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _api(self, version: str) -> IngestionApi:
+    def _api(self, version: str) -> ProductIngestion:
         ensure_stderr_logging()
-        return IngestionApi(self.settings, version)
+        return ProductIngestion(partner_center_client(self.settings), version)
 
     @contextmanager
     def _op(self, op: str, props: Mapping[str, Any]) -> Iterator[None]:
@@ -256,7 +109,7 @@ class OfferLeadDestinationProvider(DataverseResourceProvider):
             with self.operation(op, subject):
                 try:
                     yield
-                except DataverseError as exc:
+                except PartnerCenterError as exc:
                     raise LeadDestinationError(
                         redact(f"Partner Center answered {exc.status or '-'} {exc.code or ''}: {exc.message}",
                                secret_values),
@@ -278,6 +131,16 @@ class OfferLeadDestinationProvider(DataverseResourceProvider):
         return self._api(version).configure(resource, timeout=self._timeout(),
                                             secret_values=[props.get(k) for k in SECRET_INPUTS])
 
+    @staticmethod
+    def _product(api: ProductIngestion, offer_id: str) -> str:
+        product_id = api.find_product(offer_id)
+        if product_id is None:
+            raise LeadDestinationError(
+                f"no product with external id {offer_id!r} in this Partner Center account",
+                hint="check offer_id (Partner Center → offer → Offer setup → Offer ID) and that the deploying "
+                     "identity's app is in the right account")
+        return product_id
+
     def _timeout(self) -> float:
         return float(getattr(self, "job_timeout_seconds", JOB_TIMEOUT_SECONDS))
 
@@ -290,7 +153,7 @@ class OfferLeadDestinationProvider(DataverseResourceProvider):
 
     # -- check ---------------------------------------------------------------------------------
 
-    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> Any:
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         inputs = {k: v for k, v in news.items() if not k.startswith("__")}
         failures: list[CheckFailure] = []
         plain = clean(news)
@@ -311,8 +174,8 @@ class OfferLeadDestinationProvider(DataverseResourceProvider):
             settings = self._check_settings()
             try:
                 inputs["instance_url"] = validate_instance_url(
-                    plain["instance_url"], cloud=getattr(settings, "cloud", None) or "public",
-                    allow_loopback=bool(getattr(settings, "allow_loopback", False)))
+                    plain["instance_url"], cloud=settings.cloud if settings else "public",
+                    allow_loopback=bool(settings and settings.allow_loopback))
             except LeadDestinationError as exc:
                 fail("instance_url", str(exc))
         elif not is_unknown(news.get("instance_url")):
@@ -357,7 +220,7 @@ class OfferLeadDestinationProvider(DataverseResourceProvider):
             inputs["schema_version"] = DEFAULT_SCHEMA_VERSION
         return self.check_result(inputs, failures)
 
-    def _check_settings(self) -> Any:
+    def _check_settings(self) -> DeployerSettings | None:
         try:
             return self.settings
         except Exception:  # noqa: BLE001 - check must not need credentials; fall back to strict defaults
@@ -385,16 +248,14 @@ class OfferLeadDestinationProvider(DataverseResourceProvider):
         plain = self._normalize(clean(props))
         with self._op("create", plain):
             api = self._api(plain["schema_version"])
-            product_id = api.find_product(plain["offer_id"])
-            if product_id is None:
-                raise LeadDestinationError(
-                    f"no product with external id {plain['offer_id']!r} in this Partner Center account",
-                    hint="check offer_id (Partner Center → offer → Offer setup → Offer ID) and that the deploying "
-                         "identity's app is in the right account")
+            product_id = self._product(api, plain["offer_id"])
             _, before = api.draft_customer_leads(product_id)
             # leads already flowing to a destination someone else set are not switched off by our destroy
             set_by_stack = (before or {}).get("leadDestination") in (None, "none")
             job_id = self._apply(plain, product_id)
+        if not set_by_stack:
+            tell(f"OfferLeadDestination {plain['offer_id']}: the offer already had a lead destination: adopted and "
+                 "changed to this organization; `pulumi destroy` leaves the offer's lead destination as it is")
         resource_id = f"customer-leads/{product_id.removeprefix('product/')}"
         outs = self._outputs(plain, product_id=product_id, resource_id=resource_id,
                              secret_hash=secret_hash(secret_of(plain) or ""), set_by_stack=set_by_stack,
@@ -405,7 +266,7 @@ class OfferLeadDestinationProvider(DataverseResourceProvider):
         plain = self._normalize(clean(news))
         old = clean(olds)
         with self._op("update", plain):
-            product_id = old.get("product_id") or self._api(plain["schema_version"]).find_product(plain["offer_id"])
+            product_id = old.get("product_id") or self._product(self._api(plain["schema_version"]), plain["offer_id"])
             job_id = self._apply(plain, product_id)
         recorded = old.get("secret_hash")
         if not secret_matches(secret_of(plain), recorded):
@@ -440,25 +301,24 @@ class OfferLeadDestinationProvider(DataverseResourceProvider):
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         plain = clean(props)
         if not plain.get("set_by_stack"):
-            log.info("OfferLeadDestination %s: destination was set before this stack; left as is", id_)
+            tell(f"OfferLeadDestination {plain.get('offer_id')}: lead destination left as it is (it was set before "
+                 "this stack)")
             return
         version = plain.get("schema_version") or DEFAULT_SCHEMA_VERSION
         with self._op("delete", plain):
             api = self._api(version)
             product_id = plain.get("product_id")
             exists, resource = api.draft_customer_leads(product_id) if product_id else (False, None)
-            if not exists:
+            if not exists or not product_id:
                 return
             seen = observed_fields(resource)
             if (resource or {}).get("leadDestination") != "dynamics" or (
                 (seen["instance_url"] or "").rstrip("/").lower() != (plain.get("instance_url") or "").lower()
             ):
-                log.info("OfferLeadDestination %s: destination points elsewhere now; left as is", id_)
+                tell(f"OfferLeadDestination {plain.get('offer_id')}: lead destination left as it is (it points "
+                     "elsewhere now)")
                 return
-            guid = product_id.removeprefix("product/")
-            api.configure({"$schema": f"{SCHEMA_BASE}/customer-leads/{version}", "id": f"customer-leads/{guid}",
-                           "product": f"product/{guid}", "leadDestination": "none"},
-                          timeout=self._timeout(), secret_values=[])
+            api.configure(no_lead_destination(product_id, version), timeout=self._timeout(), secret_values=[])
 
 
 # ---------------------------------------------------------------------------------------------

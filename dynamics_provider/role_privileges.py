@@ -1,4 +1,4 @@
-"""RolePrivileges: exact depths for a listed set of privileges of a security role (step 3.2).
+"""RolePrivileges: exact depths for a listed set of privileges of a security role (procedure step 4, docs/architecture.md).
 
 Works on the role's root copy, touches only the listed privileges, records the depths it found
 before changing them and restores those on destroy. Depths are checked against the catalogue first.
@@ -6,7 +6,6 @@ before changing them and restores those on destroy. Depths are checked against t
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pulumi
@@ -20,33 +19,18 @@ from dynamics_provider.base import (
     need_role,
     new_revision,
     next_revision,
-    raise_errors,
-    same,
+)
+from dynamics_provider.client import DataverseClient
+from dynamics_provider.dataverse import privileges as api
+from dynamics_provider.dataverse.privileges import (
+    DEPTHS,
+    PRIVILEGE_NAME_RE,
+    RolePrivilegeState,
+    normalize_depth,
 )
 from dynamics_provider.errors import NotFound
 
-DEPTHS = ("Basic", "Local", "Deep", "Global")
-_ALIASES = {
-    "basic": "Basic", "user": "Basic",
-    "local": "Local", "businessunit": "Local",
-    "deep": "Deep", "parentchildbusinessunits": "Deep", "parentchildbusinessunit": "Deep",
-    "global": "Global", "organization": "Global",
-}  # fmt: skip
-PRIVILEGE_NAME_RE = re.compile(r"^prv[A-Za-z0-9_]+$")
 INPUTS = ("instance_url", "role_name", "role_id", "privileges")
-
-
-def normalize_depth(depth: Any) -> str | None:
-    """Basic/Local/Deep/Global from either Dataverse or UI names (case, spaces and ':' ignored)."""
-    if isinstance(depth, int) and not isinstance(depth, bool) and 0 <= depth < 4:
-        return DEPTHS[depth]
-    if not isinstance(depth, str):
-        return None
-    return _ALIASES.get(re.sub(r"[\s:_\-]", "", depth).lower())
-
-
-def rank(depth: str | None) -> int:
-    return -1 if depth is None else DEPTHS.index(depth)
 
 
 class RolePrivilegesProvider(DataverseResourceProvider):
@@ -68,10 +52,12 @@ class RolePrivilegesProvider(DataverseResourceProvider):
         return self.checked(inputs, checks)
 
     @staticmethod
-    def _normalize(privileges: Any) -> tuple[list[dict[str, str]], str | None]:
+    def _normalize(privileges: Any) -> tuple[list[Any], str | None]:
         if not isinstance(privileges, list) or not privileges:
             return [], "expected a non-empty list of {name, depth}, e.g. [{name: prvReadLead, depth: Global}]"
-        out, seen, problems = [], set(), []
+        out: list[Any] = []
+        seen: set[str] = set()
+        problems: list[str] = []
         for i, item in enumerate(privileges):
             if is_unknown(item) or (isinstance(item, dict) and any(is_unknown(v) for v in item.values())):
                 out.append(item)
@@ -86,7 +72,7 @@ class RolePrivilegesProvider(DataverseResourceProvider):
                 problems.append(f"{name} is listed twice")
             if depth is None:
                 problems.append(
-                    f"item {i}: depth {item.get('depth')!r} is not one of Basic/Local/Deep/Global "
+                    f"item {i}: depth {item.get('depth')!r} is not one of {'/'.join(DEPTHS)} "
                     "(or User/BusinessUnit/ParentChildBusinessUnits/Organization)"
                 )
             if isinstance(name, str):
@@ -117,18 +103,19 @@ class RolePrivilegesProvider(DataverseResourceProvider):
             client = self.client(inputs["instance_url"])
             desired = self._desired(inputs)
             try:
-                role, catalogue, current = self._lookup(client, inputs, desired, subject)
+                state = self._state(client, desired, subject, role_id=inputs.get("role_id"),
+                                    role_name=inputs.get("role_name"))
             except NotFound:
                 raise self.refuse("create", subject, "no role has this id", "pass an existing role's id") from None
-            previous = {name: current.get(name.lower()) for name in desired}
-            depths = self._read_back(desired, current, self._apply(client, role, desired, current, catalogue))
-        return CreateResult(role["roleid"], self._outs(inputs, role["roleid"], depths, previous, new_revision()))
+            previous = {name: state.current.get(name.lower()) for name in desired}
+            depths = self._read_back(desired, state.current, api.set_depths(client, state, desired))
+        return CreateResult(state.role.id, self._outs(inputs, state.role.id, depths, previous, new_revision()))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         state = clean(props)
         with self.operation("read", f"role {id_}"):
             try:
-                current = self._current(self.client(state["instance_url"]), id_)
+                current = api.current_depths(self.client(state["instance_url"]), id_)
             except NotFound:
                 return ReadResult("", {})
         return ReadResult(id_, {**state, "depths": self._read_back(self._desired(state), current, {})})
@@ -141,13 +128,12 @@ class RolePrivilegesProvider(DataverseResourceProvider):
             desired = self._desired(inputs)
             previous = self._previous(state)
             released = [n for n in previous if n not in desired]
-            role, catalogue, current = self._lookup(
-                client, {"role_id": id_}, {**desired, **{n: None for n in released}}, subject)
+            found = self._state(client, {**desired, **{n: None for n in released}}, subject, role_id=id_)
             for name in desired:
-                previous.setdefault(name, current.get(name.lower()))
+                previous.setdefault(name, found.current.get(name.lower()))
             restore = {n: previous.pop(n) for n in released}
-            applied = self._apply(client, role, {**desired, **restore}, current, catalogue)
-            depths = self._read_back(desired, current, applied)
+            applied = api.set_depths(client, found, {**desired, **restore})
+            depths = self._read_back(desired, found.current, applied)
         return UpdateResult(self._outs(inputs, id_, depths, previous, next_revision(state, bool(applied))))
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
@@ -158,12 +144,35 @@ class RolePrivilegesProvider(DataverseResourceProvider):
         with self.operation("delete", f"role {id_}"):
             client = self.client(state["instance_url"])
             try:
-                role, catalogue, current = self._lookup(client, {"role_id": id_}, previous, f"role {id_}")
+                found = self._state(client, previous, f"role {id_}", role_id=id_)
             except NotFound:
                 return  # the role is gone (solution uninstalled): nothing to restore
-            self._apply(client, role, previous, current, catalogue)
+            api.set_depths(client, found, previous)
 
     # -- steps ---------------------------------------------------------------------------------
+
+    def _state(self, client: DataverseClient, wanted: dict[str, str | None], subject: str,
+               **role: str | None) -> RolePrivilegeState:
+        """The role's privileges as they are; refuses a role not in the root business unit, unknown
+        privileges and depths they do not allow (before anything is written)."""
+        state = api.role_privilege_state(client, wanted, **role)
+        if state is None:
+            raise self.refuse(
+                "create", subject, f"no role named {role.get('role_name')!r} exists in the root business unit",
+                "import the solution that brings the role (SolutionImport) first, or fix the name",
+            )
+        problems = state.problems(wanted)
+        if problems:
+            unknown = [name for name in wanted if name not in state.catalogue]
+            hints = []
+            if unknown:
+                hints.append("fix the privilege names in the spec of lead-destination:privileges (they are the names "
+                             "Dataverse lists in its privilege table, e.g. prvReadLead)")
+            if len(problems) > len(unknown):
+                hints.append("give each privilege a depth it allows in the spec of lead-destination:privileges "
+                             "(the Security Roles editor shows them)")
+            raise self.refuse("write", subject, "; ".join(problems), "; ".join(hints) + "; nothing was changed")
+        return state
 
     def _previous(self, state: dict[str, Any]) -> dict[str, str | None]:
         """Depths found before the first change; a managed name without an entry was absent (a null
@@ -172,127 +181,17 @@ class RolePrivilegesProvider(DataverseResourceProvider):
         return {name: recorded.get(name) for name in [*self._desired(state), *recorded]}
 
     @staticmethod
-    def _desired(props: dict[str, Any]) -> dict[str, str]:
+    def _desired(props: dict[str, Any]) -> dict[str, str | None]:
         return {p["name"]: normalize_depth(p["depth"]) for p in props.get("privileges") or []}
-
-    def _lookup(
-        self, client: Any, inputs: dict[str, Any], names: dict[str, Any], subject: str
-    ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, str]]:
-        """(root role, catalogue rows of `names`, current depths by lower-case name).
-
-        By id: one `$batch` (role, catalogue, the role's privileges). By name: one `$batch` (root
-        business unit, the role's copies, catalogue), then the root copy's privileges.
-        Raises NotFound for a role id that does not exist.
-        """
-        from dynamics_provider.client import odata_guid, odata_path, odata_string
-
-        columns = "roleid,name,_businessunitid_value,_parentrootroleid_value"
-        catalogue_path = odata_path("privileges", {
-            "$select": "privilegeid,name,canbebasic,canbelocal,canbedeep,canbeglobal",
-            "$filter": " or ".join(f"name eq {odata_string(n)}" for n in names)})
-        if inputs.get("role_id"):
-            role_id = odata_guid(inputs["role_id"])
-            role, catalogue, privileges = client.batch_get([
-                odata_path(f"roles({role_id})", {"$select": columns}), catalogue_path,
-                f"RetrieveRolePrivilegesRole(RoleId={role_id})"])
-            role, catalogue, privileges = raise_errors([role, catalogue, privileges])
-            root = role.get("_parentrootroleid_value")
-            if root and not same(root, role["roleid"]):
-                role = client.get(f"roles({odata_guid(root)})", {"$select": columns})
-                privileges = None
-        else:
-            unit, copies, catalogue = raise_errors(client.batch_get([
-                odata_path("businessunits", {"$select": "businessunitid",
-                                             "$filter": "_parentbusinessunitid_value eq null"}),
-                odata_path("roles", {"$select": columns, "$filter": f"name eq {odata_string(inputs['role_name'])}"}),
-                catalogue_path]))
-            root_bu = (unit.get("value") or [{}])[0].get("businessunitid")
-            role = next((r for r in copies.get("value") or [] if same(r.get("_businessunitid_value"), root_bu)), None)
-            if role is None:
-                raise self.refuse(
-                    "create", subject, f"no role named {inputs['role_name']!r} exists in the root business unit",
-                    "import the solution that brings the role (SolutionImport) first, or fix the name",
-                )
-            privileges = None
-        current = self._depths(privileges) if privileges is not None else self._current(client, role["roleid"])
-        return role, self._check_catalogue(catalogue.get("value") or [], names, subject), current
-
-    def _check_catalogue(
-        self, rows: list[dict[str, Any]], names: dict[str, Any], subject: str
-    ) -> dict[str, dict[str, Any]]:
-        """Privilege rows by name; refuses unknown privileges and depths they do not allow."""
-        by_name = {r["name"].lower(): r for r in rows}
-        unknown, too_deep = [], []
-        for name, depth in names.items():
-            row = by_name.get(name.lower())
-            if row is None:
-                unknown.append(f"{name} is not a privilege of this organization")
-                continue
-            allowed = [d for d in DEPTHS if row.get(f"canbe{d.lower()}")]
-            if depth is not None and depth not in allowed:
-                too_deep.append(f"{name} cannot be {depth} (allowed: {', '.join(allowed) or 'none'})")
-        hints = []
-        if unknown:
-            hints.append("fix the privilege names in the spec of lead-destination:privileges (they are the names "
-                         "Dataverse lists in its privilege table, e.g. prvReadLead)")
-        if too_deep:
-            hints.append("give each privilege a depth it allows in the spec of lead-destination:privileges "
-                         "(the Security Roles editor shows them)")
-        if unknown or too_deep:
-            raise self.refuse("write", subject, "; ".join(unknown + too_deep), "; ".join(hints) + "; nothing was changed")
-        return {name: by_name[name.lower()] for name in names}
-
-    @staticmethod
-    def _depths(result: dict[str, Any]) -> dict[str, str]:
-        """Depth by lower-case privilege name from a RetrieveRolePrivilegesRole answer."""
-        return {
-            p["PrivilegeName"].lower(): normalize_depth(p.get("Depth")) or "Basic"
-            for p in (result or {}).get("RolePrivileges", [])
-        }
-
-    def _current(self, client: Any, role_id: str) -> dict[str, str]:
-        return self._depths(client.function("RetrieveRolePrivilegesRole", RoleId=role_id))
 
     @staticmethod
     def _read_back(
-        desired: dict[str, str], current: dict[str, str], applied: dict[str, str | None]
+        desired: dict[str, str | None], current: dict[str, str], applied: dict[str, str | None]
     ) -> dict[str, str | None]:
         """Depths of the managed names after the writes: what was read, with what was applied on top
         (the privilege actions answer 204 only once they took effect, so no second read)."""
-        after = {**current, **{name.lower(): depth for name, depth in applied.items()}}
+        after: dict[str, str | None] = {**current, **{name.lower(): depth for name, depth in applied.items()}}
         return {name: after.get(name.lower()) for name in desired}
-
-    @staticmethod
-    def _apply(
-        client: Any,
-        role: dict[str, Any],
-        target: dict[str, str | None],
-        current: dict[str, str],
-        catalogue: dict[str, dict[str, Any]],
-    ) -> dict[str, str | None]:
-        """Bring each listed privilege to exactly its target depth (None = absent), nothing else;
-        returns what it changed ({name: depth}, empty when nothing was written).
-
-        AddPrivilegesRole only adds or raises; lowering needs RemovePrivilegeRole first.
-        """
-        role_id, bu = role["roleid"], role.get("_businessunitid_value")
-        to_add, changed = [], {}
-        for name, depth in target.items():
-            have = current.get(name.lower())
-            if have == depth:
-                continue
-            changed[name] = depth
-            privilege_id = catalogue[name]["privilegeid"]
-            if have is not None and (depth is None or rank(depth) < rank(have)):
-                try:
-                    client.action("RemovePrivilegeRole", {"PrivilegeId": privilege_id}, bound=("roles", role_id))
-                except NotFound:
-                    pass
-            if depth is not None:
-                to_add.append({"PrivilegeId": privilege_id, "Depth": depth, "BusinessUnitId": bu})
-        if to_add:
-            client.action("AddPrivilegesRole", {"Privileges": to_add}, bound=("roles", role_id))
-        return changed
 
     @staticmethod
     def _outs(

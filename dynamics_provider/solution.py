@@ -1,21 +1,14 @@
-"""SolutionImport: a managed solution installed in the organization (step 1 of the procedure).
+"""SolutionImport: a managed solution installed in the organization (procedure step 1, docs/architecture.md).
 
-Identity is the unique name + version read from the zip (local path, or an https URL pinned by
-sha256 and downloaded once). Imports, upgrades, adopts the same version, refuses downgrades.
+Identity is the unique name + version read from the zip (local path, or an https URL pinned by sha256
+and downloaded once). Imports, upgrades, re-imports changed bytes of the same version in place, adopts
+what is installed already (and leaves it installed on destroy), refuses downgrades.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import io
-import os
-import re
-import tempfile
-import time
 import uuid
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,79 +27,25 @@ from dynamics_provider.base import (
     need_positive_int,
     new_revision,
     next_revision,
-    raise_errors,
-    wait_until,
+    tell,
 )
+from dynamics_provider.client import DataverseClient
 from dynamics_provider.config_schema import hint_for_input
-from dynamics_provider.errors import AmbiguousWriteError, LeadDestinationError, NotFound
+from dynamics_provider.dataverse import solutions as api
+from dynamics_provider.dataverse.solutions import Solution, version_key
+from dynamics_provider.solution_source import (
+    SHA256_RE,
+    Manifest,
+    SolutionZipError,
+    cached,
+    download,
+    read_manifest,
+)
 
 INPUTS = ("instance_url", "source_path", "source_url", "sha256", "allow_unmanaged", "import_timeout_seconds")
-SOLUTION_FIELDS = ["solutionid", "uniquename", "version", "ismanaged"]
 DEFAULT_TIMEOUT = 1200
-_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
-_VERSION = re.compile(r"^\d{1,9}(\.\d{1,9}){1,3}$")
-_MAX_SOLUTION_XML = 5 * 1024 * 1024
-_MAX_DOWNLOAD = 512 * 1024 * 1024
-SUCCEEDED, FAILED, CANCELED = 30, 31, 32
-PROGRESS_EVERY_SECONDS = 5.0  # import progress (the import job) is read and logged this often
-
-
-class SolutionZipError(LeadDestinationError):
-    """The solution zip cannot be read (not a zip, no solution.xml, malformed manifest)."""
-
-
-@dataclass(frozen=True)
-class Manifest:
-    unique_name: str
-    version: str
-    managed: bool
-
-
-def version_key(version: str) -> tuple[int, ...]:
-    parts = [int(p) for p in version.split(".")]
-    return tuple(parts + [0] * (4 - len(parts)))
-
-
-def read_manifest(data: bytes) -> Manifest:
-    """Unique name, version and managed flag from the zip's solution.xml (hardened XML parser)."""
-    import defusedxml.ElementTree as SafeET
-    from defusedxml import DefusedXmlException
-
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            try:
-                info = zf.getinfo("solution.xml")
-            except KeyError:
-                raise SolutionZipError("the zip has no solution.xml at its root: not a solution export") from None
-            if info.file_size > _MAX_SOLUTION_XML:
-                raise SolutionZipError("solution.xml is implausibly large")
-            xml = zf.read(info)
-    except zipfile.BadZipFile:
-        raise SolutionZipError("the file is not a zip archive") from None
-    try:
-        root = SafeET.fromstring(xml)
-    except (SafeET.ParseError, DefusedXmlException) as exc:
-        raise SolutionZipError(f"solution.xml is not acceptable XML ({type(exc).__name__})") from None
-    manifest = root.find("SolutionManifest")
-    if root.tag != "ImportExportXml" or manifest is None:
-        raise SolutionZipError("solution.xml lacks ImportExportXml/SolutionManifest")
-    unique_name = (manifest.findtext("UniqueName") or "").strip()
-    version = (manifest.findtext("Version") or "").strip()
-    managed = (manifest.findtext("Managed") or "").strip()
-    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", unique_name):
-        raise SolutionZipError(f"solution.xml has an invalid UniqueName {unique_name!r}")
-    if not _VERSION.match(version):
-        raise SolutionZipError(f"solution.xml has an invalid Version {version!r} (expected a.b.c.d)")
-    if managed not in ("0", "1"):
-        raise SolutionZipError(f"solution.xml has an invalid Managed flag {managed!r} (expected 0 or 1)")
-    return Manifest(unique_name, version, managed == "1")
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("LEAD_DESTINATION_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lead-destination"
-    )
-    return Path(base) / "solutions"
+SAME_VERSION_NOTE = ("an import of the same version updates the solution in place: components the zip no "
+                     "longer has stay; raise the version in solution.xml for an upgrade that removes them")
 
 
 class SolutionImportProvider(DataverseResourceProvider):
@@ -129,7 +68,7 @@ class SolutionImportProvider(DataverseResourceProvider):
             checks["source_path"] = "give either source_path (a zip in the project) or source_url + sha256"
         elif url is not None:
             checks["source_url"] = need_https_url(url) and "expected an https URL of the solution zip"
-            if not (isinstance(sha, str) and _SHA256.match(sha)):
+            if not (isinstance(sha, str) and SHA256_RE.match(sha)):
                 checks["sha256"] = "expected the zip's SHA-256 as 64 hex characters (pins the download)"
         elif self.known(inputs, "source_path") and not is_unknown(sha):
             checks["source_path"] = self._check_local(inputs)
@@ -164,8 +103,11 @@ class SolutionImportProvider(DataverseResourceProvider):
             elif olds.get("version") and version_key(manifest.version) < version_key(str(olds["version"])):
                 # refused here, so `pulumi preview` says so, instead of planning an update that `up` refuses
                 raise self._downgrade(manifest, str(olds["version"]))
-            if manifest.version != olds.get("version") or manifest.managed != olds.get("managed"):
+            elif manifest.version != olds.get("version") or manifest.managed != olds.get("managed"):
                 changed.append("version")  # upgrade, or drift (installed version differs)
+            elif self._same_version_changed(olds, news):
+                tell(f"SolutionImport {manifest.unique_name}: the zip differs from the one installed at the same "
+                     f"version {manifest.version}; `pulumi up` imports it again ({SAME_VERSION_NOTE})")
         return self.diff_result(changed)
 
     def _downgrade(self, manifest: Manifest, installed: str) -> ResourceOperationError:
@@ -175,15 +117,20 @@ class SolutionImportProvider(DataverseResourceProvider):
             "use a zip of version ≥ the installed one, or uninstall the solution first (then `pulumi up --refresh`)",
         )
 
+    @staticmethod
+    def _same_version_changed(olds: dict[str, Any], inputs: dict[str, Any]) -> bool:
+        """Different bytes than the ones this stack installed or adopted (both digests known)."""
+        new, old = inputs.get("sha256"), olds.get("sha256")
+        return isinstance(new, str) and isinstance(old, str) and new.lower() != old.lower()
+
     def _manifest_offline(self, props: dict[str, Any]) -> Manifest | None:
         """The zip's manifest when it is available without network (local file or cached download)."""
         try:
             if self.known(props, "source_path"):
                 return read_manifest(Path(props["source_path"]).read_bytes())
             if self.known(props, "sha256"):
-                cached = cache_dir() / f"{props['sha256'].lower()}.zip"
-                if cached.is_file():
-                    return read_manifest(cached.read_bytes())
+                data = cached(props["sha256"])
+                return read_manifest(data) if data is not None else None
         except (OSError, SolutionZipError):
             return None
         return None
@@ -192,26 +139,28 @@ class SolutionImportProvider(DataverseResourceProvider):
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         inputs = clean(props)
-        subject = inputs.get("source_path") or inputs.get("source_url")
+        subject = inputs.get("source_path") or inputs.get("source_url") or "the solution zip"
         with self.operation("create", subject):
             data, digest = self._load(inputs)
             manifest = self._manifest(inputs, data)
             client = self.client(inputs["instance_url"])
-            installed, running = self._installed_or_running(client, manifest.unique_name)
+            installed, running = api.installed_and_running(client, manifest.unique_name)
             adopted = installed is not None
-            installed, _ = self._converge(client, inputs, data, manifest, installed, running)
-        return CreateResult(installed["solutionid"],
-                            self._outs(inputs, manifest, installed, digest, adopted, new_revision()))
+            installed, imported = self._converge(client, inputs, data, manifest, installed, running, reimport=False)
+        if adopted and not imported:
+            tell(f"SolutionImport {manifest.unique_name}: version {installed.version} was installed before this "
+                 "stack: adopted, not imported (its contents are not compared with the zip; raise the version "
+                 "to import the zip); `pulumi destroy` leaves it installed")
+        return CreateResult(installed.id, self._outs(inputs, manifest, installed, digest, adopted, new_revision()))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         state = clean(props)
         with self.operation("read", f"solution {state.get('unique_name')}"):
-            client = self.client(state["instance_url"])
-            installed = self._installed(client, state["unique_name"])
-        if installed is None or installed["solutionid"].lower() != id_.lower():
+            installed = api.installed_solution(self.client(state["instance_url"]), state["unique_name"])
+        if installed is None or installed.id != id_.lower():
             return ReadResult("", {})
         # version/managed as installed: a different version shows as drift in the next diff
-        return ReadResult(id_, {**state, "version": installed["version"], "managed": bool(installed["ismanaged"])})
+        return ReadResult(id_, {**state, "version": installed.version, "managed": installed.managed})
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         inputs, state = clean(news), clean(olds)
@@ -219,22 +168,22 @@ class SolutionImportProvider(DataverseResourceProvider):
             data, digest = self._load(inputs)
             manifest = self._manifest(inputs, data)
             client = self.client(inputs["instance_url"])
+            reimport = self._same_version_changed(state, {"sha256": digest})
             installed, imported = self._converge(
-                client, inputs, data, manifest, *self._installed_or_running(client, manifest.unique_name))
+                client, inputs, data, manifest, *api.installed_and_running(client, manifest.unique_name),
+                reimport=reimport)
         # an import this stack never saw finish (its provider was killed) changed the solution all the same
-        changed = imported or version_key(installed["version"]) != version_key(str(state.get("version") or "0"))
+        changed = imported or version_key(installed.version) != version_key(str(state.get("version") or "0"))
         return UpdateResult(self._outs(inputs, manifest, installed, digest, bool(state.get("adopted")),
                                        next_revision(state, changed)))
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         state = clean(props)
         if state.get("adopted"):
-            return  # it was installed before this stack: leave it
+            tell(f"SolutionImport {state.get('unique_name')}: left installed (it was installed before this stack)")
+            return
         with self.operation("delete", f"solution {state.get('unique_name')}"):
-            try:
-                self.client(state["instance_url"]).delete("solutions", id_)
-            except NotFound:
-                pass
+            api.uninstall_solution(self.client(state["instance_url"]), id_)
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -242,46 +191,11 @@ class SolutionImportProvider(DataverseResourceProvider):
         if inputs.get("source_path"):
             data = Path(inputs["source_path"]).read_bytes()
             return data, hashlib.sha256(data).hexdigest()
-        return self._download(inputs["source_url"], inputs["sha256"].lower()), inputs["sha256"].lower()
-
-    def _download(self, url: str, sha256: str) -> bytes:
-        """Download once into the cache (verified by sha256, written atomically)."""
-        from urllib.parse import urlsplit
-
-        import requests
-
-        from dynamics_provider.hosts import is_loopback_host
-
         settings = self.settings
-        if is_loopback_host(urlsplit(url).hostname or "") and not settings.allow_loopback:
-            raise SolutionZipError("refusing to download from a loopback address without lead-destination:allowLoopback")
-        target = cache_dir() / f"{sha256}.zip"
-        if target.is_file():
-            data = target.read_bytes()
-            if hashlib.sha256(data).hexdigest() == sha256:
-                return data
         ensure_stderr_logging()
-        log.info("SolutionImport: downloading %s", url.split("?", 1)[0])
-        with requests.get(url, stream=True, timeout=(10, 120), verify=settings.ca_bundle or True) as response:
-            response.raise_for_status()
-            digest, chunks, size = hashlib.sha256(), [], 0
-            for chunk in response.iter_content(1 << 20):
-                size += len(chunk)
-                if size > _MAX_DOWNLOAD:
-                    raise SolutionZipError("the download exceeds 512 MiB; refusing it")
-                digest.update(chunk)
-                chunks.append(chunk)
-        if digest.hexdigest() != sha256:
-            raise SolutionZipError(
-                f"the downloaded file has sha256 {digest.hexdigest()}, not the pinned {sha256}; refusing it"
-            )
-        data = b"".join(chunks)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, target)
-        return data
+        data = download(inputs["source_url"], inputs["sha256"], ca_bundle=settings.ca_bundle,
+                        allow_loopback=settings.allow_loopback)
+        return data, inputs["sha256"].lower()
 
     def _manifest(self, inputs: dict[str, Any], data: bytes) -> Manifest:
         manifest = read_manifest(data)
@@ -293,159 +207,57 @@ class SolutionImportProvider(DataverseResourceProvider):
             )
         return manifest
 
-    @staticmethod
-    def _installed(client: Any, unique_name: str) -> dict[str, Any] | None:
-        from dynamics_provider.client import odata_string
-
-        rows = client.query("solutions", select=SOLUTION_FIELDS, filter=f"uniquename eq {odata_string(unique_name)}")
-        return rows[0] if rows else None
-
-    @staticmethod
-    def _installed_or_running(client: Any, unique_name: str) -> tuple[dict[str, Any] | None, str | None]:
-        """The installed solution and the id of an import of it still running, in one request.
-
-        A running import is one a `pulumi up` started and never saw finish (its provider was killed,
-        or its answer was lost): waiting for it, instead of importing again, is the crash-recovery path.
-        """
-        from dynamics_provider.client import odata_path, odata_string
-
-        name = odata_string(unique_name)
-        solutions, jobs = raise_errors(client.batch_get([
-            odata_path("solutions", {"$select": ",".join(SOLUTION_FIELDS),
-                                     "$filter": f"uniquename eq {name}"}),
-            odata_path("importjobs", {"$select": "importjobid,startedon",
-                                      "$filter": f"solutionname eq {name} and completedon eq null"}),
-        ]))
-        rows = solutions.get("value") or []
-        running = sorted(jobs.get("value") or [], key=lambda job: job.get("startedon") or "")
-        return (rows[0] if rows else None), (running[-1]["importjobid"] if running else None)
-
     def _converge(
-        self, client: Any, inputs: dict[str, Any], data: bytes, manifest: Manifest, installed: dict | None,
-        running: str | None = None,
-    ) -> tuple[dict[str, Any], bool]:
-        """Import or upgrade as needed; (the installed solution, whether it imported)."""
+        self, client: DataverseClient, inputs: dict[str, Any], data: bytes, manifest: Manifest,
+        installed: Solution | None, running: str | None, *, reimport: bool,
+    ) -> tuple[Solution, bool]:
+        """Import, upgrade or re-import as needed; (the installed solution, whether it imported)."""
         timeout = int(inputs.get("import_timeout_seconds") or DEFAULT_TIMEOUT)
+        what = f"{manifest.unique_name} {manifest.version}"
         if running:
+            ensure_stderr_logging()
             log.info("SolutionImport: import job %s of %s is still running; waiting for it", running,
                      manifest.unique_name)
-            wait_until(lambda: (self._job(client, running) or {"completedon": "gone"}).get("completedon"),
-                       timeout=timeout, what=f"the running import of {manifest.unique_name}", first_delay=0.5)
-            installed = self._installed(client, manifest.unique_name)
-            if installed is not None and version_key(installed["version"]) == version_key(manifest.version):
+            api.wait_for_running_import(client, running, timeout=timeout, what=manifest.unique_name)
+            installed = api.installed_solution(client, manifest.unique_name)
+            if installed is not None and version_key(installed.version) == version_key(manifest.version):
                 return installed, True  # that import installed what is wanted
         if installed is None:
-            action = "ImportSolutionAsync"
+            action = api.IMPORT
         else:
-            have, want = version_key(installed["version"]), version_key(manifest.version)
-            if have == want:
-                return installed, False  # same version: adopt without importing
+            have, want = version_key(installed.version), version_key(manifest.version)
             if have > want:
-                raise self._downgrade(manifest, installed["version"])
-            action = "StageAndUpgradeAsync"
-        self._import(client, action, data, manifest, timeout)
+                raise self._downgrade(manifest, installed.version)
+            if have == want and not reimport:
+                return installed, False  # same version: adopt without importing
+            action = api.IMPORT if have == want else api.UPGRADE
+        self._import(client, action, data, what, timeout)
         if installed is not None:
+            if action == api.IMPORT:
+                tell(f"SolutionImport {manifest.unique_name}: imported again at the same version "
+                     f"{manifest.version} ({SAME_VERSION_NOTE})")
             # an upgrade keeps the solution's id and the finished job proved the version: no read needed
-            return {**installed, "version": manifest.version, "ismanaged": manifest.managed}, True
-        result = self._installed(client, manifest.unique_name)  # the new solution's id
-        if result is None or version_key(result["version"]) != version_key(manifest.version):
+            return Solution(installed.id, installed.unique_name, manifest.version, manifest.managed), True
+        result = api.installed_solution(client, manifest.unique_name)  # the new solution's id
+        if result is None or version_key(result.version) != version_key(manifest.version):
             raise self.refuse(
                 "import", manifest.unique_name, "the import job finished but the solution is not installed at "
                 f"version {manifest.version}", "check Settings → Solutions → Solution History",
             )
         return result, True
 
-    def _import(self, client: Any, action: str, data: bytes, manifest: Manifest, timeout: int) -> None:
+    @staticmethod
+    def _import(client: DataverseClient, action: str, data: bytes, what: str, timeout: int) -> None:
         ensure_stderr_logging()
         job_id = str(uuid.uuid4())
-        body = {
-            "OverwriteUnmanagedCustomizations": False,
-            "PublishWorkflows": True,
-            "CustomizationFile": base64.b64encode(data).decode("ascii"),
-            "ImportJobId": job_id,
-        }
-        what = f"{manifest.unique_name} {manifest.version}"
         log.info("SolutionImport: %s of %s started (import job %s)", action, what, job_id)
-        try:
-            answer = client.action(action, body) or {}
-            operation_id = answer.get("AsyncOperationId")
-        except AmbiguousWriteError as exc:
-            # The request may have started an import: its import job (our id) tells, once it exists.
-            if client.settle(lambda: self._job(client, job_id), exc) is None:
-                log.info("SolutionImport: no import job %s after an unanswered request; sending again", job_id)
-                return self._import(client, action, data, manifest, timeout)
-            operation_id = None
-
-        progress_seen: list[float] = []
-        next_progress = [time.monotonic() + PROGRESS_EVERY_SECONDS]
-
-        def progress(job: dict[str, Any]) -> None:
-            value = job.get("progress")
-            if value is not None and (not progress_seen or value != progress_seen[-1]):
-                progress_seen.append(value)
-                log.info("SolutionImport: %s %.0f%%", what, float(value))
-
-        def finished() -> dict[str, Any] | None:
-            # The system job says when it is done (one read a poll); the import job is read for
-            # progress every few seconds, and at the end only when its text is needed.
-            if not operation_id:
-                job = self._job(client, job_id) or {}
-                progress(job)
-                return {"op": None, "job": job} if job.get("completedon") else None
-            if time.monotonic() >= next_progress[0]:
-                next_progress[0] = time.monotonic() + PROGRESS_EVERY_SECONDS
-                progress(self._job(client, job_id) or {})
-            op = client.get(f"asyncoperations({operation_id})",
-                            {"$select": "statecode,statuscode,message,friendlymessage"})
-            return {"op": op, "job": None} if op.get("statecode") == 3 else None
-
-        # An import just started is never done: the first look is after 0.25 s, then each wait 1.15× the
-        # last (capped at 5 s), so the finish is noticed within ~15 % of the time waited so far; one
-        # read a poll keeps that cheap (a 3-minute import: ~50 polls; Dataverse allows 6000 / 5 min).
-        done = wait_until(finished, timeout=timeout, what=f"the import of {what}", first_delay=0.25,
-                          max_delay=5.0, factor=1.15, probe_at_once=False)
-        op, job = done["op"], done["job"]
-        if op is not None and op.get("statuscode") == SUCCEEDED:
-            log.info("SolutionImport: %s imported", what)
-            return None
-        if job is None:
-            job = self._job(client, job_id) or {}  # the failure's text is in the import job
-        error = self._job_error(job) or (op or {}).get("friendlymessage") or (op or {}).get("message")
-        if op is None and error is None:
-            return None  # job completed without a failure result
-        status = {FAILED: "failed", CANCELED: "was canceled"}.get((op or {}).get("statuscode"), "failed")
-        raise ResourceOperationError(
-            f"SolutionImport import of {what} {status}: {error or 'no error text'}",
-            hint="fix the cause named by the import job (missing dependency, newer version installed, …) and "
-            "run `pulumi up` again",
-        )
+        operation_id = api.start_import(client, action, data, job_id)
+        api.follow_import(client, job_id, operation_id, timeout=timeout, what=what,
+                          progress=lambda value: log.info("SolutionImport: %s %.0f%%", what, value))
+        log.info("SolutionImport: %s imported", what)
 
     @staticmethod
-    def _job(client: Any, job_id: str) -> dict[str, Any] | None:
-        try:
-            return client.get(f"importjobs({job_id})", {"$select": "progress,data,solutionname,completedon"})
-        except NotFound:
-            return None
-
-    @staticmethod
-    def _job_error(job: dict[str, Any]) -> str | None:
-        import defusedxml.ElementTree as SafeET
-
-        data = job.get("data")
-        if not data:
-            return None
-        try:
-            root = SafeET.fromstring(data)
-        except Exception:  # noqa: BLE001 - any unreadable job data just means no detail
-            return None
-        for result in root.iter("result"):
-            if result.get("result") == "failure":
-                code = result.get("errorcode")
-                return f"{result.get('errortext') or 'failure'}" + (f" ({code})" if code else "")
-        return None
-
-    @staticmethod
-    def _outs(inputs: dict[str, Any], manifest: Manifest, installed: dict[str, Any], digest: str,
+    def _outs(inputs: dict[str, Any], manifest: Manifest, installed: Solution, digest: str,
               adopted: bool, revision: str | None) -> dict[str, Any]:
         return {
             "instance_url": inputs.get("instance_url"),
@@ -454,15 +266,13 @@ class SolutionImportProvider(DataverseResourceProvider):
             "allow_unmanaged": bool(inputs.get("allow_unmanaged")),
             "import_timeout_seconds": int(inputs.get("import_timeout_seconds") or DEFAULT_TIMEOUT),
             "unique_name": manifest.unique_name,
-            "version": installed["version"],
-            "solution_id": installed["solutionid"],
-            "managed": bool(installed.get("ismanaged")),
+            "version": installed.version,
+            "solution_id": installed.id,
+            "managed": installed.managed,
             "sha256": digest,
             "adopted": adopted,
             "revision": revision,
         }
-
-
 class SolutionImport(Resource, module="dynamics", name="SolutionImport"):
     """A managed Dataverse solution, imported (or upgraded) from a zip."""
 

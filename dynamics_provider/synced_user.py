@@ -1,4 +1,4 @@
-"""SyncedUser: the Dataverse systemuser of an Office 365 lead writer (procedure step 2b.4).
+"""SyncedUser: the Dataverse systemuser of an Office 365 lead writer (procedure step 2b, docs/architecture.md).
 
 Licence sync creates the user, not us: create waits (bounded, capped backoff) until it appears and
 adopts it; a user disabled by hand is re-enabled; destroy releases it and never deletes it.
@@ -6,6 +6,7 @@ adopts it; a user disabled by hand is re-enabled; destroy releases it and never 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pulumi
@@ -15,7 +16,6 @@ from dynamics_provider.base import (
     DataverseResourceProvider,
     clean,
     ensure_stderr_logging,
-    get_or_none,
     log,
     need_guid,
     need_https_url,
@@ -23,11 +23,14 @@ from dynamics_provider.base import (
     need_text,
     new_revision,
     next_revision,
+    tell,
     wait_until,
 )
+from dynamics_provider.client import DataverseClient
+from dynamics_provider.dataverse import users
+from dynamics_provider.dataverse.users import SystemUser
 
 INPUTS = ("instance_url", "user_principal_name", "azure_object_id", "wait_timeout_seconds")
-USER_FIELDS = ["systemuserid", "isdisabled", "_businessunitid_value", "domainname", "azureactivedirectoryobjectid"]
 DEFAULT_WAIT = 900
 
 
@@ -66,18 +69,20 @@ class SyncedUserProvider(DataverseResourceProvider):
                 log.info("SyncedUser: %s not in the organization yet (licence sync), %.0f s", upn, elapsed)
 
             user = wait_until(
-                lambda: self._find(client, inputs),
+                lambda: users.find_synced_user(client, upn, inputs.get("azure_object_id")),
                 timeout=int(inputs.get("wait_timeout_seconds") or DEFAULT_WAIT),
                 what=f"licence sync to create the systemuser of {upn} (is a Dynamics 365 licence assigned?)",
                 first_delay=1.0, max_delay=15.0, on_wait=waiting,
             )
             user, _ = self._enable(client, user)
-        return CreateResult(user["systemuserid"], self._outs(inputs, user, new_revision()))
+        tell(f"SyncedUser: systemuser {user.id} of {upn} adopted (licence sync made it); "
+             "`pulumi destroy` leaves it in place")
+        return CreateResult(user.id, self._outs(inputs, user, new_revision()))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         state = clean(props)
         with self.operation("read", f"systemuser {id_}"):
-            user = self._get(self.client(state["instance_url"]), id_)
+            user = users.get_user(self.client(state["instance_url"]), id_)
         if user is None:
             return ReadResult("", {})
         return ReadResult(id_, self._outs(state, user, state.get("revision")))
@@ -86,7 +91,7 @@ class SyncedUserProvider(DataverseResourceProvider):
         inputs, state = clean(news), clean(olds)
         with self.operation("update", f"systemuser {id_}"):
             client = self.client(inputs["instance_url"])
-            user = self._get(client, id_)
+            user = users.get_user(client, id_)
             if user is None:
                 raise self.refuse("update", f"systemuser {id_}", "the user no longer exists",
                                   "run `pulumi refresh`, then `pulumi up` waits for licence sync again")
@@ -95,41 +100,26 @@ class SyncedUserProvider(DataverseResourceProvider):
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         """Released: licence sync owns the systemuser; removing the licence is the Entra side's job."""
+        tell(f"SyncedUser: systemuser {id_} left in place (licence sync owns it)")
 
     # -- steps ---------------------------------------------------------------------------------
 
     @staticmethod
-    def _find(client: Any, inputs: dict[str, Any]) -> dict[str, Any] | None:
-        from dynamics_provider.client import odata_guid, odata_string
-
-        if inputs.get("azure_object_id"):
-            rows = client.query("systemusers", select=USER_FIELDS,
-                                filter=f"azureactivedirectoryobjectid eq {odata_guid(inputs['azure_object_id'])}")
-            if rows:
-                return rows[0]
-        rows = client.query("systemusers", select=USER_FIELDS,
-                            filter=f"domainname eq {odata_string(inputs['user_principal_name'])}")
-        return rows[0] if rows else None
-
-    @staticmethod
-    def _get(client: Any, id_: str) -> dict[str, Any] | None:
-        return get_or_none(client, f"systemusers({id_})", USER_FIELDS)
-
-    def _enable(self, client: Any, user: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    def _enable(client: DataverseClient, user: SystemUser) -> tuple[SystemUser, bool]:
         """(the user, enabled; whether it had to re-enable it)."""
-        if not user.get("isdisabled"):
+        if not user.disabled:
             return user, False
-        client.update("systemusers", user["systemuserid"], {"isdisabled": False})
-        return {**user, "isdisabled": False}, True
+        users.update_user(client, user.id, disabled=False)
+        return dataclasses.replace(user, disabled=False), True
 
     @staticmethod
-    def _outs(inputs: dict[str, Any], user: dict[str, Any], revision: str | None) -> dict[str, Any]:
+    def _outs(inputs: dict[str, Any], user: SystemUser, revision: str | None) -> dict[str, Any]:
         outs = {k: inputs.get(k) for k in INPUTS}
         outs["wait_timeout_seconds"] = int(outs.get("wait_timeout_seconds") or DEFAULT_WAIT)
         outs.update(
-            systemuser_id=user["systemuserid"],
-            business_unit_id=user.get("_businessunitid_value"),
-            disabled=bool(user.get("isdisabled")),
+            systemuser_id=user.id,
+            business_unit_id=user.business_unit_id,
+            disabled=user.disabled,
             revision=revision,
         )
         return outs
