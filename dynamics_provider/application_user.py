@@ -1,11 +1,13 @@
 """ApplicationUser: the Dataverse systemuser of an Entra application (step 2a.6 of the procedure).
 
-Adopts an existing user by application id, repairs disabled/name/business-unit drift, and on
-destroy drops roles and disables the user, only if this resource created it.
+Creates the user with an id derived from organization, application and stack, so a create retried
+after a crash knows the user as its own; adopts a user found with any other id (it existed before),
+repairs disabled/name/business-unit drift, and on destroy drops roles and disables the user it made.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pulumi
@@ -22,8 +24,10 @@ from dynamics_provider.base import (
     need_text,
     new_revision,
     next_revision,
+    owned_id,
     raise_errors,
     same,
+    stack_owner,
 )
 from dynamics_provider.errors import AmbiguousWriteError, BadRequest, DuplicateRecord, NotFound
 
@@ -38,10 +42,28 @@ USER_FIELDS = [
     "internalemailaddress",
 ]
 DEFAULT_FIRST_NAME, DEFAULT_LAST_NAME = "Marketplace", "Lead Writer"
+_SYSTEMUSER_NAMESPACE = uuid.UUID("6f3c2b1e-8a47-4c1d-9e5b-2d7a0c4f8b13")
 INPUTS = ("instance_url", "application_id", "business_unit", "first_name", "last_name", "email")
 # input → systemuser column; the e-mail is set on create only (it replaces the user when it changes)
 NAME_COLUMNS = (("first_name", "firstname"), ("last_name", "lastname"))
 COLUMNS = (*NAME_COLUMNS, ("email", "internalemailaddress"))
+
+
+def owned_systemuser_id(instance_url: str, application_id: str, owner: str) -> str:
+    """The systemuserid stack `owner` gives the application user of `application_id` in `instance_url`.
+
+    Dataverse takes a primary key supplied on create (systemuser's SystemUserId is a writable column). A
+    create the engine retries after a crash (the first attempt's answer never reached the checkpoint)
+    finds a user with this id and knows it as its own; a user with any other id was made by someone else
+    (a person, another stack) and is adopted, then released on destroy.
+    """
+    return owned_id(_SYSTEMUSER_NAMESPACE, instance_url, owner, application_id)
+
+
+def made_by_stack(instance_url: str, user: dict[str, Any], owner: str) -> bool:
+    """Whether a systemuser (with `systemuserid`, `applicationid`) is the one stack `owner` creates."""
+    app_id = user.get("applicationid")
+    return bool(app_id) and same(user.get("systemuserid"), owned_systemuser_id(instance_url, app_id, owner))
 
 
 class ApplicationUserProvider(DataverseResourceProvider):
@@ -81,9 +103,9 @@ class ApplicationUserProvider(DataverseResourceProvider):
         with self.operation("create", subject):
             client = self.client(inputs["instance_url"])
             user, bu = self._lookup(client, inputs, self._by_application(inputs["application_id"]))
-            adopted = user is not None
             if user is None:
-                user, adopted = self._create(client, inputs, bu)
+                user = self._create(client, inputs, bu)
+            adopted = not made_by_stack(inputs["instance_url"], user, self.owner)
             user, _ = self._converge(client, inputs, user, bu)
         return CreateResult(user["systemuserid"], self._outs(inputs, user, adopted, new_revision()))
 
@@ -190,28 +212,29 @@ class ApplicationUserProvider(DataverseResourceProvider):
     def _get(client: Any, id_: str) -> dict[str, Any] | None:
         return get_or_none(client, f"systemusers({id_})", USER_FIELDS)
 
-    def _create(self, client: Any, inputs: dict[str, Any], bu: str) -> tuple[dict[str, Any], bool]:
-        """Create the user (its row comes back in the same answer); (user, adopted).
+    def _create(self, client: Any, inputs: dict[str, Any], bu: str) -> dict[str, Any]:
+        """Create the user with the id this stack owns (its row comes back in the same answer).
 
         Not idempotent, so an unknown outcome is settled by looking the application id up; a duplicate
-        means someone else created it first (adopted)."""
+        means the user exists (made concurrently, or our earlier send landed late): its id tells whose."""
         app_id = inputs["application_id"]
-        body: dict[str, Any] = {"applicationid": app_id, "businessunitid@odata.bind": f"/businessunits({bu})"}
+        body: dict[str, Any] = {"systemuserid": owned_systemuser_id(inputs["instance_url"], app_id, self.owner),
+                                "applicationid": app_id, "businessunitid@odata.bind": f"/businessunits({bu})"}
         for key, field in COLUMNS:
             if inputs.get(key) is not None:
                 body[field] = inputs[key]
         for attempt in (1, 2):
             try:
-                return client.create_record("systemusers", body, USER_FIELDS), False
+                return client.create_record("systemusers", body, USER_FIELDS)
             except DuplicateRecord:
-                user = self._find(client, app_id)  # created concurrently, or our earlier send landed late
+                user = self._find(client, app_id)
                 if user is not None:
-                    return user, attempt == 1
+                    return user
                 raise
             except AmbiguousWriteError as exc:
                 user = client.settle(lambda: self._find(client, app_id), exc)
                 if user is not None:
-                    return user, False
+                    return user
                 if attempt == 2:
                     raise
                 # the write did not happen: send it once more
@@ -307,4 +330,4 @@ class ApplicationUser(Resource, module="dynamics", name="ApplicationUser"):
             "adopted": None,
             "revision": None,
         }
-        super().__init__(ApplicationUserProvider(), resource_name, props, opts)
+        super().__init__(ApplicationUserProvider(owner=stack_owner()), resource_name, props, opts)

@@ -1,7 +1,8 @@
 """SecurityRoleAssignment: a security role given to a systemuser (step 3.1 of the procedure).
 
 Resolves the role's copy in the user's business unit, treats an existing association as success,
-reports a removed association as gone, and disassociates on destroy unless it adopted it.
+reports a removed association as gone, and disassociates on destroy unless it adopted it: an
+association found on create is this stack's own when the user is one this stack made.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CheckResult, CreateResult, DiffResult, ReadResult, Resource, UpdateResult
 
+from dynamics_provider.application_user import made_by_stack
 from dynamics_provider.base import (
     DataverseResourceProvider,
     clean,
@@ -22,6 +24,7 @@ from dynamics_provider.base import (
     next_revision,
     raise_errors,
     same,
+    stack_owner,
 )
 from dynamics_provider.errors import DuplicateRecord, NotFound
 
@@ -63,8 +66,11 @@ class SecurityRoleAssignmentProvider(DataverseResourceProvider):
         subject = f"user {inputs['user_id']} / role {inputs.get('role_name') or inputs.get('role_id')}"
         with self.operation("create", subject):
             client = self.client(inputs["instance_url"])
-            bu, assigned, role_id = self._lookup(client, inputs, subject)
-            adopted = role_id in assigned
+            bu, assigned, role_id, ours = self._lookup(client, inputs, subject)
+            # An association has no id of its own to prove who made it. On a user this stack made, one found
+            # here is the stack's own (a create retried after a crash, or a person's edit in between): it goes
+            # with the stack. On any other user it existed before: adopted, released on destroy.
+            adopted = role_id in assigned and not ours
             if not adopted:
                 self._associate(client, inputs["user_id"], role_id)
         return CreateResult(f"{inputs['user_id']}:{role_id}",
@@ -112,8 +118,8 @@ class SecurityRoleAssignmentProvider(DataverseResourceProvider):
         """The user's business unit and its roles, in one read."""
         from dynamics_provider.client import odata_guid, odata_path
 
-        return odata_path(f"systemusers({odata_guid(user_id)})",
-                          {"$select": "systemuserid,_businessunitid_value", "$expand": f"{NAV}($select=roleid)"})
+        return odata_path(f"systemusers({odata_guid(user_id)})", {
+            "$select": "systemuserid,applicationid,_businessunitid_value", "$expand": f"{NAV}($select=roleid)"})
 
     def _user(self, client: Any, user_id: str) -> dict[str, Any] | None:
         return get_or_none(client, self._user_path(user_id))
@@ -122,9 +128,9 @@ class SecurityRoleAssignmentProvider(DataverseResourceProvider):
     def _assigned(user: dict[str, Any]) -> set[str]:
         return {str(r.get("roleid", "")).lower() for r in user.get(NAV) or []}
 
-    def _lookup(self, client: Any, inputs: dict[str, Any], subject: str) -> tuple[str, set[str], str]:
-        """(user's business unit, roles it has, the role's copy in that unit) in one `$batch` round trip
-        (a second read only when role_id names a copy of another business unit)."""
+    def _lookup(self, client: Any, inputs: dict[str, Any], subject: str) -> tuple[str, set[str], str, bool]:
+        """(user's business unit, roles it has, the role's copy in that unit, whether this stack made the
+        user) in one `$batch` round trip (a second read only when role_id names a copy of another unit)."""
         from dynamics_provider.client import odata_guid, odata_path, odata_string
 
         columns = "roleid,name,_businessunitid_value"
@@ -155,7 +161,8 @@ class SecurityRoleAssignmentProvider(DataverseResourceProvider):
                 "create", subject, f"no role named {name!r} exists in the user's business unit",
                 "import the solution that brings the role (SolutionImport) before assigning it",
             )
-        return bu, self._assigned(user), copy["roleid"].lower()
+        return (bu, self._assigned(user), copy["roleid"].lower(),
+                made_by_stack(inputs["instance_url"], user, self.owner))
 
     @staticmethod
     def _associate(client: Any, user_id: str, role_id: str) -> None:
@@ -211,4 +218,4 @@ class SecurityRoleAssignment(Resource, module="dynamics", name="SecurityRoleAssi
             "adopted": None,
             "revision": None,
         }
-        super().__init__(SecurityRoleAssignmentProvider(), resource_name, props, opts)
+        super().__init__(SecurityRoleAssignmentProvider(owner=stack_owner()), resource_name, props, opts)

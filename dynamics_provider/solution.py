@@ -1,7 +1,9 @@
 """SolutionImport: a managed solution installed in the organization (step 1 of the procedure).
 
 Identity is the unique name + version read from the zip (local path, or an https URL pinned by
-sha256 and downloaded once). Imports, upgrades, adopts the same version, refuses downgrades.
+sha256 and downloaded once). Imports, upgrades, adopts the same version, refuses downgrades. A fresh
+install runs under an import job id the stack derives, so a create retried after a crash knows the
+solution it installed as its own (deleted on destroy) from one found installed before (released).
 """
 
 from __future__ import annotations
@@ -34,10 +36,12 @@ from dynamics_provider.base import (
     need_positive_int,
     new_revision,
     next_revision,
+    owned_id,
     raise_errors,
+    stack_owner,
     wait_until,
 )
-from dynamics_provider.errors import AmbiguousWriteError, LeadDestinationError, NotFound
+from dynamics_provider.errors import AmbiguousWriteError, DuplicateRecord, LeadDestinationError, NotFound
 
 INPUTS = ("instance_url", "source_path", "source_url", "sha256", "allow_unmanaged", "import_timeout_seconds")
 SOLUTION_FIELDS = ["solutionid", "uniquename", "version", "ismanaged"]
@@ -48,6 +52,17 @@ _MAX_SOLUTION_XML = 5 * 1024 * 1024
 _MAX_DOWNLOAD = 512 * 1024 * 1024
 SUCCEEDED, FAILED, CANCELED = 30, 31, 32
 PROGRESS_EVERY_SECONDS = 5.0  # import progress (the import job) is read and logged this often
+_IMPORT_JOB_NAMESPACE = uuid.UUID("a5d1e7c3-2f84-4b69-8c0e-7b3f9d2a6e41")
+
+
+def install_job_id(instance_url: str, unique_name: str, owner: str, n: int) -> str:
+    """The n-th import job id stack `owner` uses to install `unique_name` into `instance_url`.
+
+    ImportSolutionAsync takes the ImportJobId from the client, and import jobs outlive the solution
+    (an uninstall keeps them), so the stack's installs of one solution in one organization use this
+    series in turn. A solution whose latest import job is one of these was installed by the stack.
+    """
+    return owned_id(_IMPORT_JOB_NAMESPACE, instance_url, owner, unique_name, str(n))
 
 
 class SolutionZipError(LeadDestinationError):
@@ -185,9 +200,11 @@ class SolutionImportProvider(DataverseResourceProvider):
             data, digest = self._load(inputs)
             manifest = self._manifest(inputs, data)
             client = self.client(inputs["instance_url"])
-            installed, running = self._installed_or_running(client, manifest.unique_name)
-            adopted = installed is not None
-            installed, _ = self._converge(client, inputs, data, manifest, installed, running)
+            installed, running, jobs = self._installed_or_running(client, manifest.unique_name)
+            # installed before this create: the stack's own only if the stack's import installed it (a
+            # create retried after a crash); otherwise it existed before, is adopted and released on destroy
+            adopted = installed is not None and not self._installed_by_this_stack(inputs, manifest, jobs)
+            installed, _ = self._converge(client, inputs, data, manifest, installed, running, jobs)
         return CreateResult(installed["solutionid"],
                             self._outs(inputs, manifest, installed, digest, adopted, new_revision()))
 
@@ -288,8 +305,10 @@ class SolutionImportProvider(DataverseResourceProvider):
         return rows[0] if rows else None
 
     @staticmethod
-    def _installed_or_running(client: Any, unique_name: str) -> tuple[dict[str, Any] | None, str | None]:
-        """The installed solution and the id of an import of it still running, in one request.
+    def _installed_or_running(
+        client: Any, unique_name: str
+    ) -> tuple[dict[str, Any] | None, str | None, list[dict[str, Any]]]:
+        """The installed solution, the id of an import of it still running and its import jobs, in one request.
 
         A running import is one a `pulumi up` started and never saw finish (its provider was killed,
         or its answer was lost): waiting for it, instead of importing again, is the crash-recovery path.
@@ -300,18 +319,34 @@ class SolutionImportProvider(DataverseResourceProvider):
         solutions, jobs = raise_errors(client.batch_get([
             odata_path("solutions", {"$select": ",".join(SOLUTION_FIELDS),
                                      "$filter": f"uniquename eq {name}"}),
-            odata_path("importjobs", {"$select": "importjobid,startedon",
-                                      "$filter": f"solutionname eq {name} and completedon eq null"}),
+            odata_path("importjobs", {"$select": "importjobid,startedon,completedon",
+                                      "$filter": f"solutionname eq {name}"}),
         ]))
         rows = solutions.get("value") or []
-        running = sorted(jobs.get("value") or [], key=lambda job: job.get("startedon") or "")
-        return (rows[0] if rows else None), (running[-1]["importjobid"] if running else None)
+        every = sorted(jobs.get("value") or [], key=lambda job: job.get("startedon") or "")
+        running = [job for job in every if not job.get("completedon")]
+        return (rows[0] if rows else None), (running[-1]["importjobid"] if running else None), every
+
+    def _installed_by_this_stack(self, inputs: dict[str, Any], manifest: Manifest, jobs: list[dict[str, Any]]) -> bool:
+        """Whether the latest import job of the solution (`jobs` by start) is one of the stack's installs."""
+        if not jobs:
+            return False
+        ours = {install_job_id(inputs["instance_url"], manifest.unique_name, self.owner, n) for n in range(len(jobs))}
+        return str(jobs[-1].get("importjobid", "")).lower() in ours
+
+    def _next_install_job(self, inputs: dict[str, Any], manifest: Manifest, jobs: list[dict[str, Any]]) -> str:
+        """The first id of the stack's install series that no import job of the solution has."""
+        taken = {str(job.get("importjobid", "")).lower() for job in jobs}
+        series = (install_job_id(inputs["instance_url"], manifest.unique_name, self.owner, n)
+                  for n in range(len(jobs) + 1))
+        return next(job_id for job_id in series if job_id not in taken)
 
     def _converge(
         self, client: Any, inputs: dict[str, Any], data: bytes, manifest: Manifest, installed: dict | None,
-        running: str | None = None,
+        running: str | None = None, jobs: list[dict[str, Any]] | None = None,
     ) -> tuple[dict[str, Any], bool]:
-        """Import or upgrade as needed; (the installed solution, whether it imported)."""
+        """Import or upgrade as needed; (the installed solution, whether it imported). A fresh install
+        runs under the next id of the stack's series (`jobs`: the solution's import jobs)."""
         timeout = int(inputs.get("import_timeout_seconds") or DEFAULT_TIMEOUT)
         if running:
             log.info("SolutionImport: import job %s of %s is still running; waiting for it", running,
@@ -335,7 +370,8 @@ class SolutionImportProvider(DataverseResourceProvider):
                     "use a zip of version ≥ the installed one, or uninstall the solution first",
                 )
             action = "StageAndUpgradeAsync"
-        self._import(client, action, data, manifest, timeout)
+        job_id = self._next_install_job(inputs, manifest, jobs or []) if installed is None else None
+        self._import(client, action, data, manifest, timeout, job_id)
         if installed is not None:
             # an upgrade keeps the solution's id and the finished job proved the version: no read needed
             return {**installed, "version": manifest.version, "ismanaged": manifest.managed}, True
@@ -347,9 +383,10 @@ class SolutionImportProvider(DataverseResourceProvider):
             )
         return result, True
 
-    def _import(self, client: Any, action: str, data: bytes, manifest: Manifest, timeout: int) -> None:
+    def _import(self, client: Any, action: str, data: bytes, manifest: Manifest, timeout: int,
+                job_id: str | None = None) -> None:
         ensure_stderr_logging()
-        job_id = str(uuid.uuid4())
+        job_id = job_id or str(uuid.uuid4())
         body = {
             "OverwriteUnmanagedCustomizations": False,
             "PublishWorkflows": True,
@@ -365,7 +402,12 @@ class SolutionImportProvider(DataverseResourceProvider):
             # The request may have started an import: its import job (our id) tells, once it exists.
             if client.settle(lambda: self._job(client, job_id), exc) is None:
                 log.info("SolutionImport: no import job %s after an unanswered request; sending again", job_id)
-                return self._import(client, action, data, manifest, timeout)
+                return self._import(client, action, data, manifest, timeout, job_id)
+            operation_id = None
+        except DuplicateRecord:
+            # the import job exists already: an earlier send of this very request landed late
+            if self._job(client, job_id) is None:
+                raise
             operation_id = None
 
         progress_seen: list[float] = []
@@ -497,4 +539,4 @@ class SolutionImport(Resource, module="dynamics", name="SolutionImport"):
             "adopted": None,
             "revision": None,
         }
-        super().__init__(SolutionImportProvider(), resource_name, props, opts)
+        super().__init__(SolutionImportProvider(owner=stack_owner()), resource_name, props, opts)
