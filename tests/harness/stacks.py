@@ -168,7 +168,8 @@ class Stack:
         try:
             result = call(on_event=on_event, **kwargs)
         except auto.errors.CommandError as error:
-            stdout, stderr = getattr(error, "stdout", "") or "", getattr(error, "stderr", "") or ""
+            # The Automation API keeps the CLI's output only in the error's text (code, stdout, stderr).
+            stdout, stderr = getattr(error, "stdout", "") or "", getattr(error, "stderr", "") or str(error)
             code = _exit_code(error)
             return Run(verb, False, code, stdout, stderr, _merge(steps, outputs_seen), {}, {},
                        time.monotonic() - started)
