@@ -71,7 +71,7 @@ class SecurityRoleAssignmentProvider(DataverseResourceProvider):
             # here is the stack's own (a create retried after a crash, or a person's edit in between): it goes
             # with the stack. On any other user it existed before: adopted, released on destroy.
             adopted = role_id in assigned and not ours
-            if not adopted:
+            if role_id not in assigned:
                 self._associate(client, inputs["user_id"], role_id)
         return CreateResult(f"{inputs['user_id']}:{role_id}",
                             self._outs(inputs, role_id, bu, adopted, new_revision()))
