@@ -86,11 +86,17 @@ def test_a_dead_run_leaves_a_stale_lock_that_pulumi_cancel_removes(sandbox, stac
     assert "has been canceled" in canceled.stdout
     assert lock_files(stack) == []
 
-    assert pending(checkpoint(stack)), "the killed run's creates are pending"
-    stack.cli("refresh", "--clear-pending-creates", "--yes", "--skip-preview")
+    left = pending(checkpoint(stack))
+    assert left, "the killed run's creates are pending"
+    # `up` right away works too: it warns, creates what is missing (finding what the killed run made) and
+    # leaves the pending entries for `refresh --clear-pending-creates` to drop
     again = stack.up()
     assert again.ok, again.text
+    assert f"with {len(left)} pending operations from previous deployment" in again.text
     converged_without_duplicates(sandbox, stack.org)
+    assert pending(checkpoint(stack)) == left
+    cleared = stack.cli("refresh", "--clear-pending-creates", "--yes", "--skip-preview")
+    assert cleared.returncode == 0 and pending(checkpoint(stack)) == []
     assert_third_run_changes_nothing(stack)
 
 
