@@ -1,11 +1,13 @@
 """ApplicationUser: the Dataverse systemuser of an Entra application (procedure step 2a, docs/architecture.md).
 
-Adopts an existing user by application id, repairs disabled/name/business-unit drift, and on
-destroy drops roles and disables the user, only if this resource created it.
+Creates the user with an id derived from organization, application and stack, so a create retried
+after a crash knows the user as its own; adopts a user found with any other id (it existed before),
+repairs disabled/name/business-unit drift, and on destroy drops roles and disables the user it made.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pulumi
@@ -20,7 +22,9 @@ from dynamics_provider.base import (
     need_text,
     new_revision,
     next_revision,
+    owned_id,
     same,
+    stack_owner,
     tell,
 )
 from dynamics_provider.client import DataverseClient
@@ -32,6 +36,23 @@ from dynamics_provider.formats import GUID_RE
 DEFAULT_FIRST_NAME, DEFAULT_LAST_NAME = "Marketplace", "Lead Writer"
 INPUTS = ("instance_url", "application_id", "business_unit", "first_name", "last_name", "email")
 NAMES = ("first_name", "last_name")  # the e-mail is set on create only (it replaces the user when it changes)
+_SYSTEMUSER_NAMESPACE = uuid.UUID("6f3c2b1e-8a47-4c1d-9e5b-2d7a0c4f8b13")  # permanent: ids stored in Dataverse
+
+
+def owned_systemuser_id(instance_url: str, application_id: str, owner: str) -> str:
+    """The systemuserid stack `owner` gives the application user of `application_id` in `instance_url`.
+
+    Dataverse takes a primary key supplied on create (systemuser's SystemUserId is a writable column). A
+    create the engine retries after a crash (the first attempt's answer never reached the checkpoint)
+    finds a user with this id and knows it as its own; a user with any other id was made by someone else
+    (a person, another stack) and is adopted, then released on destroy.
+    """
+    return owned_id(_SYSTEMUSER_NAMESPACE, instance_url, owner, application_id)
+
+
+def made_by_stack(instance_url: str, user_id: str, application_id: str | None, owner: str) -> bool:
+    """Whether a systemuser (its id and application id) is the one stack `owner` creates."""
+    return bool(application_id) and same(user_id, owned_systemuser_id(instance_url, str(application_id), owner))
 
 
 class ApplicationUserProvider(DataverseResourceProvider):
@@ -72,11 +93,13 @@ class ApplicationUserProvider(DataverseResourceProvider):
         with self.operation("create", subject):
             client = self.client(inputs["instance_url"])
             user, bu = self._lookup(client, inputs, subject, application_id=app_id)
-            adopted = user is not None
             if user is None:
-                user, created = users.create_application_user(
-                    client, app_id, bu, self._names(inputs), inputs.get("email"))
-                adopted = not created
+                user, _ = users.create_application_user(
+                    client, app_id, bu, self._names(inputs), inputs.get("email"),
+                    systemuserid=owned_systemuser_id(inputs["instance_url"], app_id, self.owner))
+            # the user found (by the lookup, or on a duplicate or a lost answer) is the stack's own when it has
+            # the id the stack gives it: made by an attempt the engine never recorded (a crash)
+            adopted = not made_by_stack(inputs["instance_url"], user.id, app_id, self.owner)
             user, _ = self._converge(client, inputs, user, bu)
         if adopted:
             tell(f"ApplicationUser: systemuser {user.id} of application {app_id} existed before this stack: "
@@ -227,4 +250,4 @@ class ApplicationUser(Resource, module="dynamics", name="ApplicationUser"):
             "adopted": None,
             "revision": None,
         }
-        super().__init__(ApplicationUserProvider(), resource_name, props, opts)
+        super().__init__(ApplicationUserProvider(owner=stack_owner()), resource_name, props, opts)

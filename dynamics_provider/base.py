@@ -1,6 +1,7 @@
 """Plumbing shared by the dynamic providers: stack config from configure(), property hygiene (secrets,
-unknowns, floats, `__*` keys), explicit diffs, check-time validators, lines for the user, and error
-messages that name resource, operation, cause and remedy. The Dataverse providers also get their client.
+unknowns, floats, `__*` keys), explicit diffs, check-time validators, ids that prove which stack made an
+object, lines for the user, and error messages that name resource, operation, cause and remedy. The
+Dataverse providers also get their client.
 """
 
 from __future__ import annotations
@@ -172,6 +173,33 @@ def next_revision(state: Mapping[str, Any], wrote: bool) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# ownership: the engine records a create only once it returns, so a create retried after a crash must
+# tell an object its killed attempt made (the stack's own: deleted on destroy) from one that existed
+# before (adopted: released on destroy). Where Dataverse takes an id from the client, this stack derives
+# it; an object found with that id is its own (docs/architecture.md, "Ownership ids").
+
+
+def stack_owner() -> str:
+    """`project/stack` of the running Pulumi program, given to a provider when its resource is declared
+    (it travels in the pickled provider, so create knows it); "" outside a program."""
+    import pulumi
+
+    try:
+        return f"{pulumi.get_project()}/{pulumi.get_stack()}"
+    except Exception:  # noqa: BLE001 - no program running (a provider built by hand): no owner
+        return ""
+
+
+def owned_id(namespace: uuid.UUID, instance_url: str, owner: str, *parts: str) -> str:
+    """The GUID this stack (`owner`) uses for an object identified by `parts` in an organization.
+
+    uuid5 of the parts, case-folded and trimmed (the instance URL without a trailing slash): any run of
+    the same stack computes the same id, another stack or a person's edit never does."""
+    key = "|".join([instance_url.strip().rstrip("/").lower(), owner, *(p.strip().lower() for p in parts)])
+    return str(uuid.uuid5(namespace, key))
+
+
+# ---------------------------------------------------------------------------------------------
 # check-time validators (no network): each returns a reason or None
 
 
@@ -295,6 +323,8 @@ class ProviderBase(ResourceProvider):
     replace_keys: tuple[str, ...] = ("instance_url",)
     #: secret inputs: re-wrapped as secrets wherever they are passed back
     secret_keys: tuple[str, ...] = ()
+    #: the stack that declared the resource (`stack_owner()`); "" in providers pickled before it existed
+    owner: str = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -303,9 +333,11 @@ class ProviderBase(ResourceProvider):
             if callable(method) and not getattr(method, "__user_facing__", False):
                 setattr(cls, op, user_facing(method, cls.resource_type, op))
 
-    def __init__(self) -> None:
+    def __init__(self, owner: str = "") -> None:
         super().__init__()
         self._config: dict[str, str] = {}
+        if owner:
+            self.owner = owner
 
     # -- configuration -------------------------------------------------------------------------
 

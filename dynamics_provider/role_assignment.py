@@ -1,7 +1,8 @@
 """SecurityRoleAssignment: a security role given to a systemuser (procedure step 3, docs/architecture.md).
 
 Resolves the role's copy in the user's business unit, treats an existing association as success,
-reports a removed association as gone, and disassociates on destroy unless it adopted it.
+reports a removed association as gone, and disassociates on destroy unless it adopted it: an
+association found on create is this stack's own when the user is one this stack made.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CheckResult, CreateResult, DiffResult, ReadResult, Resource, UpdateResult
 
+from dynamics_provider.application_user import made_by_stack
 from dynamics_provider.base import (
     DataverseResourceProvider,
     clean,
@@ -20,6 +22,7 @@ from dynamics_provider.base import (
     new_revision,
     next_revision,
     same,
+    stack_owner,
     tell,
 )
 from dynamics_provider.dataverse import roles
@@ -74,11 +77,17 @@ class SecurityRoleAssignmentProvider(DataverseResourceProvider):
                     "create", subject, f"no role named {role.name!r} exists in the user's business unit",
                     "import the solution that brings the role (SolutionImport) before assigning it",
                 )
-            adopted = role.copy_id in user.role_ids
+            # An association has no id of its own to prove who made it. On a user this stack made, one found
+            # here is the stack's own (a create retried after a crash, or a person's edit in between): it goes
+            # with the stack. On any other user it existed before: adopted, released on destroy. Either way
+            # an association found is not sent again.
+            found = role.copy_id in user.role_ids
+            adopted = found and not made_by_stack(inputs["instance_url"], user.user_id, user.application_id,
+                                                  self.owner)
             if adopted:
                 tell(f"SecurityRoleAssignment: user {user_id} had role {role.name!r} before this stack: adopted; "
                      "`pulumi destroy` leaves the role assigned")
-            else:
+            elif not found:
                 roles.assign_role(client, user_id, role.copy_id)
         return CreateResult(f"{user_id}:{role.copy_id}",
                             self._outs(inputs, role.copy_id, user.business_unit_id, adopted, new_revision()))
@@ -165,4 +174,4 @@ class SecurityRoleAssignment(Resource, module="dynamics", name="SecurityRoleAssi
             "adopted": None,
             "revision": None,
         }
-        super().__init__(SecurityRoleAssignmentProvider(), resource_name, props, opts)
+        super().__init__(SecurityRoleAssignmentProvider(owner=stack_owner()), resource_name, props, opts)

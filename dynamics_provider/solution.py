@@ -2,7 +2,9 @@
 
 Identity is the unique name + version read from the zip (local path, or an https URL pinned by sha256
 and downloaded once). Imports, upgrades, re-imports changed bytes of the same version in place, adopts
-what is installed already (and leaves it installed on destroy), refuses downgrades.
+what someone else installed already (and leaves it installed on destroy), refuses downgrades. A fresh
+install runs under an import job id the stack derives, so a create retried after a crash knows the
+solution it installed as its own (deleted on destroy) from one found installed before (released).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from dynamics_provider.base import (
     need_positive_int,
     new_revision,
     next_revision,
+    owned_id,
+    stack_owner,
     tell,
 )
 from dynamics_provider.client import DataverseClient
@@ -44,8 +48,19 @@ from dynamics_provider.solution_source import (
 
 INPUTS = ("instance_url", "source_path", "source_url", "sha256", "allow_unmanaged", "import_timeout_seconds")
 DEFAULT_TIMEOUT = 1200
+_IMPORT_JOB_NAMESPACE = uuid.UUID("a5d1e7c3-2f84-4b69-8c0e-7b3f9d2a6e41")  # permanent: ids stored in Dataverse
 SAME_VERSION_NOTE = ("an import of the same version updates the solution in place: components the zip no "
                      "longer has stay; raise the version in solution.xml for an upgrade that removes them")
+
+
+def install_job_id(instance_url: str, unique_name: str, owner: str, n: int) -> str:
+    """The n-th import job id stack `owner` uses to install `unique_name` into `instance_url`.
+
+    ImportSolutionAsync takes the ImportJobId from the client, and import jobs outlive the solution
+    (an uninstall keeps them), so the stack's installs of one solution in one organization use this
+    series in turn. A solution whose latest import job is one of these was installed by the stack.
+    """
+    return owned_id(_IMPORT_JOB_NAMESPACE, instance_url, owner, unique_name, str(n))
 
 
 class SolutionImportProvider(DataverseResourceProvider):
@@ -144,9 +159,12 @@ class SolutionImportProvider(DataverseResourceProvider):
             data, digest = self._load(inputs)
             manifest = self._manifest(inputs, data)
             client = self.client(inputs["instance_url"])
-            installed, running = api.installed_and_running(client, manifest.unique_name)
-            adopted = installed is not None
-            installed, imported = self._converge(client, inputs, data, manifest, installed, running, reimport=False)
+            installed, running, jobs = api.installed_and_running(client, manifest.unique_name)
+            # installed before this create: the stack's own only if the stack's import installed it (a
+            # create retried after a crash); otherwise it existed before, is adopted and released on destroy
+            adopted = installed is not None and not self._installed_by_this_stack(inputs, manifest, jobs)
+            installed, imported = self._converge(client, inputs, data, manifest, installed, running, jobs,
+                                                 reimport=False)
         if adopted and not imported:
             tell(f"SolutionImport {manifest.unique_name}: version {installed.version} was installed before this "
                  "stack: adopted, not imported (its contents are not compared with the zip; raise the version "
@@ -207,11 +225,27 @@ class SolutionImportProvider(DataverseResourceProvider):
             )
         return manifest
 
+    def _installed_by_this_stack(self, inputs: dict[str, Any], manifest: Manifest, jobs: list[str]) -> bool:
+        """Whether the latest import job of the solution (`jobs`: ids, oldest start first) is one of the
+        stack's installs."""
+        if not jobs:
+            return False
+        ours = {install_job_id(inputs["instance_url"], manifest.unique_name, self.owner, n) for n in range(len(jobs))}
+        return jobs[-1] in ours
+
+    def _next_install_job(self, inputs: dict[str, Any], manifest: Manifest, jobs: list[str]) -> str:
+        """The first id of the stack's install series that no import job of the solution has."""
+        taken = set(jobs)
+        series = (install_job_id(inputs["instance_url"], manifest.unique_name, self.owner, n)
+                  for n in range(len(jobs) + 1))
+        return next(job_id for job_id in series if job_id not in taken)
+
     def _converge(
         self, client: DataverseClient, inputs: dict[str, Any], data: bytes, manifest: Manifest,
-        installed: Solution | None, running: str | None, *, reimport: bool,
+        installed: Solution | None, running: str | None, jobs: list[str], *, reimport: bool,
     ) -> tuple[Solution, bool]:
-        """Import, upgrade or re-import as needed; (the installed solution, whether it imported)."""
+        """Import, upgrade or re-import as needed; (the installed solution, whether it imported). A fresh
+        install runs under the next id of the stack's series (`jobs`: the solution's import job ids)."""
         timeout = int(inputs.get("import_timeout_seconds") or DEFAULT_TIMEOUT)
         what = f"{manifest.unique_name} {manifest.version}"
         if running:
@@ -231,7 +265,8 @@ class SolutionImportProvider(DataverseResourceProvider):
             if have == want and not reimport:
                 return installed, False  # same version: adopt without importing
             action = api.IMPORT if have == want else api.UPGRADE
-        self._import(client, action, data, what, timeout)
+        job_id = self._next_install_job(inputs, manifest, jobs) if installed is None else str(uuid.uuid4())
+        self._import(client, action, data, what, timeout, job_id)
         if installed is not None:
             if action == api.IMPORT:
                 tell(f"SolutionImport {manifest.unique_name}: imported again at the same version "
@@ -247,9 +282,8 @@ class SolutionImportProvider(DataverseResourceProvider):
         return result, True
 
     @staticmethod
-    def _import(client: DataverseClient, action: str, data: bytes, what: str, timeout: int) -> None:
+    def _import(client: DataverseClient, action: str, data: bytes, what: str, timeout: int, job_id: str) -> None:
         ensure_stderr_logging()
-        job_id = str(uuid.uuid4())
         log.info("SolutionImport: %s of %s started (import job %s)", action, what, job_id)
         operation_id = api.start_import(client, action, data, job_id)
         api.follow_import(client, job_id, operation_id, timeout=timeout, what=what,
@@ -315,4 +349,4 @@ class SolutionImport(Resource, module="dynamics", name="SolutionImport"):
             "adopted": None,
             "revision": None,
         }
-        super().__init__(SolutionImportProvider(), resource_name, props, opts)
+        super().__init__(SolutionImportProvider(owner=stack_owner()), resource_name, props, opts)

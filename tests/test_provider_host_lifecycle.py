@@ -249,7 +249,7 @@ def test_solution_import_uninstalled_by_hand_is_gone_on_read_reimported_then_upg
     assert host.diff(u, sol_id, read, upgraded).changes is False
 
     # a second stack meeting the installed solution adopts it without importing, and releases it
-    u2, _, adopted_id, adopted = provision(host, "SolutionImport", "again", SolutionImportProvider(),
+    u2, _, adopted_id, adopted = provision(host, "SolutionImport", "again", SolutionImportProvider(owner="p/other"),
                                            {**news, "source_path": v2})
     assert adopted_id == sol_id and adopted["adopted"] is True
     assert len(sandbox.control.state(org)["importjobs"]) == jobs_before + 1
@@ -284,7 +284,9 @@ def test_application_user_disabled_by_hand_shows_on_read_is_re_enabled_and_adopt
     assert host.diff(u, user_id, clean_read, {**inputs, "application_id": str(uuid.uuid4())}).replaces == [
         "application_id"]
 
-    u2, _, adopted_id, adopted = provision(host, "ApplicationUser", "again", ApplicationUserProvider(), news)
+    # another stack meeting the user adopts it and releases it (the id is not the one it would derive)
+    u2, _, adopted_id, adopted = provision(host, "ApplicationUser", "again", ApplicationUserProvider(owner="p/other"),
+                                           news)
     assert adopted_id == user_id and adopted["adopted"] is True
     host.delete(u2, adopted_id, adopted)
     user = next(x for x in sandbox.control.state(org)["systemusers"] if x["systemuserid"] == user_id)
@@ -327,7 +329,7 @@ def test_role_assignment_removed_by_hand_is_gone_on_read_restored_by_create_and_
     assert host.update(u, ra_id, after, inputs)["revision"] == after["revision"]
 
     u2, _, adopted_id, adopted = provision(host, "SecurityRoleAssignment", "again",
-                                           SecurityRoleAssignmentProvider(), {**news, "role_id": None})
+                                           SecurityRoleAssignmentProvider(owner="p/other"), {**news, "role_id": None})
     assert adopted_id == ra_id and adopted["adopted"] is True
     host.delete(u2, adopted_id, adopted)
     assert assigned(sandbox, org, chain["user_id"], role_id)  # released

@@ -62,16 +62,37 @@ def test_create_makes_one_enabled_user_in_the_root_business_unit_and_diff_is_noo
     assert p.read(created.id, outs).outs == outs
 
 
-def test_create_adopts_an_existing_user_and_delete_releases_it(sandbox, org):
+def test_create_adopts_a_user_someone_else_made_and_delete_releases_it(sandbox, org):
     p = provider(sandbox, org)
     app_id = new_app(sandbox)
-    first = p.create(p.check({}, inputs(org, app_id)).inputs)
+    from dynamics_provider.client import DataverseClient
+
+    root = next(b["businessunitid"] for b in sandbox.control.state(org)["businessunits"]
+                if not b.get("_parentbusinessunitid_value"))
+    made_by_hand = DataverseClient.for_instance(org, p.settings).create("systemusers", {
+        "applicationid": app_id, "lastname": "By Hand", "internalemailaddress": "hand@contoso.example",
+        "businessunitid@odata.bind": f"/businessunits({root})"})  # Dataverse picks its id, as the UI does
+    adopted = p.create(p.check({}, inputs(org, app_id)).inputs)
+    assert adopted.id == made_by_hand and adopted.outs["adopted"] is True
+    assert len(users_of(sandbox, org, app_id)) == 1
+    p.delete(adopted.id, adopted.outs)
+    [user] = users_of(sandbox, org, app_id)
+    assert user["isdisabled"] is False  # adopted → released untouched
+
+
+def test_a_create_retried_after_a_crash_knows_the_user_as_its_own_and_delete_disables_it(sandbox, org):
+    from dynamics_provider.application_user import owned_systemuser_id
+
+    p = provider(sandbox, org)
+    app_id = new_app(sandbox)
+    first = p.create(p.check({}, inputs(org, app_id)).inputs)  # its answer "never reached the checkpoint"
+    assert first.id == owned_systemuser_id(org, app_id, p.owner)
     again = p.create(p.check({}, inputs(org, app_id)).inputs)
-    assert again.id == first.id and again.outs["adopted"] is True
+    assert again.id == first.id and again.outs["adopted"] is False
     assert len(users_of(sandbox, org, app_id)) == 1
     p.delete(again.id, again.outs)
     [user] = users_of(sandbox, org, app_id)
-    assert user["isdisabled"] is False  # adopted → released untouched
+    assert user["isdisabled"] is True
 
 
 def test_disabled_by_hand_shows_on_read_and_diff_and_update_reenables(sandbox, org):

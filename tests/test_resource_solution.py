@@ -63,12 +63,35 @@ def test_import_then_noop_diff_then_adopt_and_delete_semantics(sandbox, org, tmp
     roles = [r for r in sandbox.control.state(org)["roles"] if r["name"] == "Microsoft Marketplace Lead Writer"]
     assert roles, "the import brings the Lead Writer role"
     assert p.diff(created.id, created.outs, news).changes is False
-    adopted = p.create(news)  # second stack / crash recovery: same version → adopt, no import
-    assert adopted.outs["adopted"] is True and adopted.id == created.id
+    # crash recovery: the create runs again and finds what its own import installed (no second import)
+    again = p.create(news)
+    assert again.outs["adopted"] is False and again.id == created.id
+    assert len(sandbox.control.state(org)["importjobs"]) == 1
+    p.delete(again.id, again.outs)
+    assert installed(sandbox, org) is None
+
+
+def test_a_solution_installed_by_someone_else_is_adopted_and_released(sandbox, org, tmp_path):
+    import base64
+    import time
+    import uuid
+
+    from dynamics_provider.client import DataverseClient
+
+    p = provider(sandbox, org)
+    path = zip_file(tmp_path)
+    DataverseClient.for_instance(org, p.settings).action("ImportSolutionAsync", {
+        "OverwriteUnmanagedCustomizations": False, "PublishWorkflows": True, "ImportJobId": str(uuid.uuid4()),
+        "CustomizationFile": base64.b64encode(open(path, "rb").read()).decode()})  # a person's import
+    deadline = time.monotonic() + 30
+    while installed(sandbox, org) is None:
+        assert time.monotonic() < deadline, "the import by hand never finished"
+        time.sleep(0.1)
+    adopted = p.create(p.check({}, {"instance_url": org, "source_path": path}).inputs)
+    assert adopted.outs["adopted"] is True and adopted.id == installed(sandbox, org)["solutionid"]
+    assert len(sandbox.control.state(org)["importjobs"]) == 1, "the same version is adopted, not imported"
     p.delete(adopted.id, adopted.outs)
     assert installed(sandbox, org) is not None
-    p.delete(created.id, created.outs)
-    assert installed(sandbox, org) is None
 
 
 def test_higher_zip_upgrades_and_lower_zip_is_refused(sandbox, org, tmp_path):
@@ -135,8 +158,8 @@ def test_source_url_is_downloaded_once_verified_and_cached(sandbox, org, tmp_pat
     news = p.check({}, {"instance_url": org, "source_url": url, "sha256": hashlib.sha256(data).hexdigest()}).inputs
     created = p.create(news)
     assert created.outs["version"] == "1.0.0.0" and created.outs["sha256"] == hashlib.sha256(data).hexdigest()
-    again = p.create(news)
-    assert again.outs["adopted"] is True and p.diff(created.id, created.outs, news).changes is False
+    again = p.create(news)  # a create retried after a crash: its own install, no second import
+    assert again.outs["adopted"] is False and p.diff(created.id, created.outs, news).changes is False
     downloads = [e for e in sandbox.control.log(since=mark) if e["kind"] == "files" and e["path"].endswith(name)]
     assert len(downloads) == 2  # the refused one, then exactly one for every later use
     sandbox.control.remove_file(name)

@@ -17,16 +17,19 @@ ROLE_COLUMNS = "roleid,name,_businessunitid_value,_parentrootroleid_value"
 
 @dataclass(frozen=True)
 class UserRoles:
-    """A user's business unit and the ids (lower case) of the roles it has."""
+    """A user's business unit, the ids (lower case) of the roles it has, and its application id (an
+    application user's; None for a person)."""
 
     user_id: str
     business_unit_id: str
     role_ids: frozenset[str]
+    application_id: str | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> UserRoles:
         return cls(str(row["systemuserid"]).lower(), str(row["_businessunitid_value"]),
-                   frozenset(str(r.get("roleid", "")).lower() for r in row.get(USER_ROLES) or []))
+                   frozenset(str(r.get("roleid", "")).lower() for r in row.get(USER_ROLES) or []),
+                   row.get("applicationid"))
 
 
 @dataclass(frozen=True)
@@ -39,9 +42,9 @@ class RoleCopy:
 
 
 def _user_roles_path(user_id: str) -> str:
-    """The user's business unit and its roles, in one read."""
-    return odata_path(f"systemusers({odata_guid(user_id)})",
-                      {"$select": "systemuserid,_businessunitid_value", "$expand": f"{USER_ROLES}($select=roleid)"})
+    """The user's business unit, application id and roles, in one read."""
+    return odata_path(f"systemusers({odata_guid(user_id)})", {
+        "$select": "systemuserid,applicationid,_businessunitid_value", "$expand": f"{USER_ROLES}($select=roleid)"})
 
 
 def user_roles(client: DataverseClient, user_id: str) -> UserRoles | None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from dynamics_provider.client import DataverseClient, odata_guid, odata_path, odata_string
 from dynamics_provider.dataverse.writes import batch, first, get_or_none, send_once
-from dynamics_provider.errors import LeadDestinationError, NotFound
+from dynamics_provider.errors import DuplicateRecord, LeadDestinationError, NotFound
 
 log = logging.getLogger("dynamics_provider")
 
@@ -55,21 +55,28 @@ def installed_solution(client: DataverseClient, unique_name: str) -> Solution | 
     return Solution.from_row(rows[0]) if rows else None
 
 
-def installed_and_running(client: DataverseClient, unique_name: str) -> tuple[Solution | None, str | None]:
-    """The installed solution and the id of an import of it still running, in one request.
+def installed_and_running(
+    client: DataverseClient, unique_name: str
+) -> tuple[Solution | None, str | None, list[str]]:
+    """The installed solution, the id of an import of it still running, and the ids (lower case, oldest
+    start first) of all its import jobs, in one request.
 
     A running import is one a `pulumi up` started and never saw finish (its provider was killed, or its
-    answer was lost): waiting for it, instead of importing again, is the crash-recovery path.
+    answer was lost): waiting for it, instead of importing again, is the crash-recovery path. Import jobs
+    outlive the solution (an uninstall keeps them); their ids tell who installed it (docs/architecture.md,
+    "Ownership ids").
     """
     name = odata_string(unique_name)
     solutions, jobs = batch(client, [
         odata_path("solutions", {"$select": ",".join(SOLUTION_COLUMNS), "$filter": _solution_filter(unique_name)}),
-        odata_path("importjobs", {"$select": "importjobid,startedon",
-                                  "$filter": f"solutionname eq {name} and completedon eq null"}),
+        odata_path("importjobs", {"$select": "importjobid,startedon,completedon",
+                                  "$filter": f"solutionname eq {name}"}),
     ])
     row = first(solutions)
-    running = sorted(jobs.get("value") or [], key=lambda job: job.get("startedon") or "")
-    return (Solution.from_row(row) if row else None), (running[-1]["importjobid"] if running else None)
+    every = sorted(jobs.get("value") or [], key=lambda job: job.get("startedon") or "")
+    running = [job for job in every if not job.get("completedon")]
+    return ((Solution.from_row(row) if row else None), (running[-1]["importjobid"] if running else None),
+            [str(job["importjobid"]).lower() for job in every])
 
 
 def import_job(client: DataverseClient, job_id: str) -> dict[str, Any] | None:
@@ -84,9 +91,11 @@ def wait_for_running_import(client: DataverseClient, job_id: str, *, timeout: fl
 
 
 def start_import(client: DataverseClient, action: str, data: bytes, job_id: str) -> str | None:
-    """Send the import; the id of its system job (None when the answer was lost but the import job exists:
-    then the import job is followed instead). The import job id is ours, so a lost answer is settled by
-    it and a resend (the write policy) reuses it."""
+    """Send the import under import job `job_id`; the id of its system job (None when the answer was lost
+    but the import job exists: then the import job is followed instead). The import job id is the caller's,
+    so a lost answer is settled by it and a resend (the write policy) reuses it; a duplicate answered to the
+    first send means an earlier send of this very id landed late (the caller's ids are its own), and that
+    import is followed."""
     body = {
         "OverwriteUnmanagedCustomizations": False,
         "PublishWorkflows": True,
@@ -100,7 +109,12 @@ def start_import(client: DataverseClient, action: str, data: bytes, job_id: str)
     def find() -> dict[str, Any] | None:
         return {} if import_job(client, job_id) is not None else None
 
-    return send_once(client, send, find, what=f"import job {job_id}").get("AsyncOperationId")
+    try:
+        return send_once(client, send, find, what=f"import job {job_id}").get("AsyncOperationId")
+    except DuplicateRecord:
+        if import_job(client, job_id) is None:
+            raise
+        return None
 
 
 def follow_import(

@@ -28,12 +28,14 @@ class SystemUser:
     last_name: str | None = None
     full_name: str | None = None
     email: str | None = None
+    application_id: str | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> SystemUser:
         return cls(id=str(row["systemuserid"]).lower(), business_unit_id=row.get("_businessunitid_value"),
                    disabled=bool(row.get("isdisabled")), first_name=row.get("firstname"),
-                   last_name=row.get("lastname"), full_name=row.get("fullname"), email=row.get(EMAIL_COLUMN))
+                   last_name=row.get("lastname"), full_name=row.get("fullname"), email=row.get(EMAIL_COLUMN),
+                   application_id=row.get("applicationid"))
 
 
 class BusinessUnitNotFound(NotFound):
@@ -107,14 +109,19 @@ def get_user(client: DataverseClient, user_id: str) -> SystemUser | None:
 
 
 def create_application_user(
-    client: DataverseClient, application_id: str, business_unit_id: str, names: dict[str, str], email: str | None
+    client: DataverseClient, application_id: str, business_unit_id: str, names: dict[str, str], email: str | None,
+    *, systemuserid: str | None = None,
 ) -> tuple[SystemUser, bool]:
     """Create the application user (its row comes back in the same answer); (user, created by this call).
 
-    A lost answer is settled by the application id (the write policy); a duplicate answered to the first
-    send means someone else created it in the meantime (not ours)."""
+    `systemuserid` is the id to give the user (Dataverse takes a client-supplied primary key; None: Dataverse
+    picks one). A lost answer is settled by the application id (the write policy); a duplicate answered to the
+    first send means the user exists already (made in the meantime, or an earlier send of ours landed late):
+    the user found is returned, and its id tells whose it is."""
     body: dict[str, Any] = {"applicationid": application_id,
                             "businessunitid@odata.bind": f"/businessunits({odata_guid(business_unit_id)})"}
+    if systemuserid is not None:
+        body["systemuserid"] = odata_guid(systemuserid)
     body.update({NAME_COLUMNS[key]: value for key, value in names.items()})
     if email is not None:
         body[EMAIL_COLUMN] = email
