@@ -14,11 +14,15 @@ from sandbox.solution_zip import build_solution_zip
 from sandbox.testing import stack_config
 
 
-@pytest.fixture
-def provider(sandbox, org):
-    p = SolutionImportProvider()
+def configured(sandbox, org, owner=""):
+    p = SolutionImportProvider(owner=owner)
     p.configure(ConfigureRequest(Config(stack_config(sandbox.info, instance_url=org), "lead-destination")))
     return p
+
+
+@pytest.fixture
+def provider(sandbox, org):
+    return configured(sandbox, org)
 
 
 def imports(sandbox, org):
@@ -61,7 +65,7 @@ def test_a_solution_installed_before_the_stack_is_adopted_and_left_installed_wit
     path = tmp_path / "solution.zip"
     path.write_bytes(build_solution_zip("1.0.0.0"))
     inputs = provider.check({}, {"instance_url": org, "source_path": str(path)}).inputs
-    provider.create(inputs)  # someone else's install
+    configured(sandbox, org, owner="p/other").create(inputs)  # another stack's install
     capsys.readouterr()
     adopted = provider.create(inputs)
     assert adopted.outs["adopted"] is True
