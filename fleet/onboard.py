@@ -29,10 +29,13 @@ from typing import Any
 import yaml
 from pulumi import automation as auto
 
-from components.settings import NAMESPACE, SECRET_KEYS, ConfigError, is_secret_name, parse_settings
+from components.settings import NAMESPACE, ConfigError, parse_settings
+from dynamics_provider.config_schema import SETTINGS
 from fleet.report import CHANGED, FAILED, IN_SYNC, Change, StackResult
 from fleet.workspace import STACK_NAME, FleetError, Workspace, first_error_line
 
+# The keys the one declaration of settings marks secret: their values go in with `--secret`.
+SECRET_KEYS = frozenset(s.key for s in SETTINGS if s.secret and s.key)
 SECRET_PLACEHOLDER = "[secret]"  # noqa: S105 - what validation sees for a secret copied from another stack
 
 
@@ -214,7 +217,7 @@ def check_rows(ws: Workspace, rows: Sequence[Row], *, template: tuple[dict[str, 
             urls[url] = row.where
         merged = copy.deepcopy(template[0]) if template else {}
         _merge(merged, {k: v for k, v in ours.items() if ":" not in k})
-        secret_keys = {k for k in merged if k in declared_secret or is_secret_name(k)} | row.secret_keys
+        secret_keys = {k for k in merged if k in declared_secret} | row.secret_keys
         secret_keys |= template[1] if template else set()
         if True:  # every problem at once, the name's included
             try:
@@ -226,7 +229,7 @@ def check_rows(ws: Workspace, rows: Sequence[Row], *, template: tuple[dict[str, 
         secrets: dict[str, str] = {}
         for key, value in ours.items():
             full = key if ":" in key else prefix + key
-            if key in secret_keys or key in declared_secret or is_secret_name(key):
+            if key in secret_keys or key in declared_secret:
                 if isinstance(value, (dict, list)):
                     problems.append(f"{key}: a secret must be a single value")
                     continue

@@ -180,7 +180,8 @@ def test_add_one_stack_from_a_template_stack_with_settings_on_the_command_line(
     unknown = fp.fleet("add", "initrode", "--copy-config-from", "template", "--instance-url", urls[1] + "x",
                        "--config", "instanceUrll=https://x")
     assert unknown.returncode == 1
-    assert "instanceUrll" in unknown.stdout and "no such key" in unknown.stdout
+    assert "instanceUrll: unknown key" in unknown.stdout and "did you mean instanceUrl?" in unknown.stdout
+    assert "https://x" not in unknown.stdout, "a value under an unknown key is never echoed"
     assert "initrode" not in fp.pulumi("stack", "ls").stdout
 
     inherited = fp.fleet("add", "initrode", "--copy-config-from", "template")  # would manage template's org
