@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dynamics_provider.base import EMAIL_RE
 from dynamics_provider.config_schema import (
     BY_KEY,
     NAMESPACE,
@@ -24,6 +23,7 @@ from dynamics_provider.config_schema import (
     parse_scalar,
     unknown_key_message,
 )
+from dynamics_provider.formats import EMAIL_RE
 from dynamics_provider.masking import quote
 
 UNSET: Any = object()  # a key that is not in the config at all

@@ -16,16 +16,18 @@ from pulumi.dynamic import CheckResult, CreateResult, DiffResult, ReadResult, Re
 from dynamics_provider.base import (
     DataverseResourceProvider,
     clean,
-    need_email,
-    need_guid,
-    need_https_url,
-    need_text,
     new_revision,
     next_revision,
     owned_id,
     same,
     stack_owner,
     tell,
+)
+from dynamics_provider.checks import (
+    need_email,
+    need_guid,
+    need_https_url,
+    need_text,
 )
 from dynamics_provider.client import DataverseClient
 from dynamics_provider.dataverse import roles, users

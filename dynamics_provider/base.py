@@ -1,5 +1,5 @@
 """Plumbing shared by the dynamic providers: stack config from configure(), property hygiene (secrets,
-unknowns, floats, `__*` keys), explicit diffs, check-time validators, ids that prove which stack made an
+unknowns, floats, `__*` keys), explicit diffs, ids that prove which stack made an
 object, lines for the user, and error messages that name resource, operation, cause and remedy. The
 Dataverse providers also get their client.
 """
@@ -11,17 +11,16 @@ import functools
 import logging
 import math
 import sys
-import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
 from pulumi.dynamic import CheckFailure, CheckResult, ConfigureRequest, DiffResult, ResourceProvider
 from pulumi.runtime import rpc
 
+from dynamics_provider.checks import failures_for
 from dynamics_provider.errors import (
     AmbiguousWriteError,
     AuthenticationError,
@@ -29,13 +28,11 @@ from dynamics_provider.errors import (
     ServiceError,
 )
 from dynamics_provider.formats import EMAIL_RE, GUID_RE
-from dynamics_provider.masking import quote
 
 if TYPE_CHECKING:
     from dynamics_provider.auth import DeployerSettings, TokenProvider
     from dynamics_provider.client import DataverseClient
 
-T = TypeVar("T")
 UNKNOWN = rpc.UNKNOWN  # the wire sentinel of a value not known yet (preview)
 
 log = logging.getLogger("dynamics_provider")
@@ -197,100 +194,6 @@ def owned_id(namespace: uuid.UUID, instance_url: str, owner: str, *parts: str) -
     the same stack computes the same id, another stack or a person's edit never does."""
     key = "|".join([instance_url.strip().rstrip("/").lower(), owner, *(p.strip().lower() for p in parts)])
     return str(uuid.uuid5(namespace, key))
-
-
-# ---------------------------------------------------------------------------------------------
-# check-time validators (no network): each returns a reason or None
-
-
-def need_https_url(value: Any) -> str | None:
-    if not isinstance(value, str) or not value:
-        return "expected the organization's https URL, e.g. https://contoso.crm4.dynamics.com"
-    parts = urlsplit(value)
-    if parts.scheme != "https" or not parts.hostname:
-        return f"expected an https URL (https://<org>.crm<N>.dynamics.com), got {quote(value, url=True)}"
-    if parts.query or parts.fragment or parts.username or parts.password:
-        return "expected a plain instance URL without query, fragment or credentials"
-    return None
-
-
-def need_guid(value: Any, what: str = "a GUID") -> str | None:
-    if not isinstance(value, str) or not GUID_RE.match(value):
-        return f"expected {what} in the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, got {quote(value)}"
-    return None
-
-
-def need_text(value: Any, what: str, max_len: int = 256) -> str | None:
-    if not isinstance(value, str) or not value.strip():
-        return f"expected {what} as a non-empty string"
-    if len(value) > max_len:
-        return f"expected {what} of at most {max_len} characters"
-    return None
-
-
-def need_email(value: Any) -> str | None:
-    if not isinstance(value, str) or not EMAIL_RE.match(value):
-        return f"expected an e-mail address such as leads@contoso.com, got {quote(value)}"
-    return None
-
-
-def need_role(inputs: Mapping[str, Any]) -> dict[str, str | None]:
-    """Checks of a role given by name or by id (exactly one of them)."""
-    if "role_name" in inputs and "role_id" in inputs:
-        return {"role_id": "give either role_name or role_id, not both"}
-    if "role_id" in inputs:
-        return {"role_id": need_guid(inputs["role_id"], "the role id")}
-    return {"role_name": need_text(inputs.get("role_name"), "the security role's name (or role_id)", 100)}
-
-
-def need_bool(value: Any) -> str | None:
-    return None if isinstance(value, bool) else f"expected true or false, got {quote(value)}"
-
-
-def need_positive_int(value: Any, maximum: int = 86400) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-        return f"expected a whole number of seconds, got {quote(value)}"
-    if not 1 <= int(value) <= maximum:
-        return f"expected between 1 and {maximum} seconds, got {int(value)}"
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
-# polling
-
-
-def wait_until(
-    probe: Callable[[], T | None],
-    *,
-    timeout: float,
-    what: str,
-    first_delay: float = 0.5,
-    max_delay: float = 5.0,
-    factor: float = 1.6,
-    probe_at_once: bool = True,
-    on_wait: Callable[[float], None] | None = None,
-) -> T:
-    """Call `probe` until it returns something truthy: capped exponential backoff, bounded overall.
-
-    `probe_at_once=False` waits `first_delay` before the first probe (for work that cannot be done yet,
-    such as an import just started). Raises TimeoutError naming `what` when `timeout` seconds pass.
-    """
-    deadline = time.monotonic() + timeout
-    delay = first_delay
-    if not probe_at_once:
-        time.sleep(min(delay, timeout))
-        delay = min(delay * factor, max_delay)
-    while True:
-        result = probe()
-        if result:
-            return result
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        if on_wait is not None:
-            on_wait(timeout - remaining)
-        time.sleep(min(delay, remaining))
-        delay = min(delay * factor, max_delay)
 
 
 def tell(message: str) -> None:
@@ -468,6 +371,3 @@ class DataverseResourceProvider(ProviderBase):
 
         return DataverseClient.for_instance(instance_url, self.settings, tokens=tokens)
 
-
-def failures_for(checks: Mapping[str, str | None]) -> list[CheckFailure]:
-    return [CheckFailure(prop, reason) for prop, reason in checks.items() if reason]

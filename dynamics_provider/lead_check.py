@@ -20,6 +20,8 @@ from dynamics_provider.base import (
     DataverseResourceProvider,
     ResourceOperationError,
     clean,
+)
+from dynamics_provider.checks import (
     need_bool,
     need_guid,
     need_https_url,

@@ -160,7 +160,7 @@ class ProductIngestion:
 
     def configure(self, resource: dict[str, Any], *, timeout: float, secret_values: list[str | None]) -> str:
         """POST configure and poll the job to completion; returns the job id, raises with the API's errors."""
-        from dynamics_provider.base import wait_until
+        from dynamics_provider.waiting import wait_until
 
         body = {"$schema": f"{SCHEMA_BASE}/configure/{self.version}", "resources": [resource]}
         # configure is declarative (same body → same draft), so a retry after a lost answer is safe

@@ -16,14 +16,16 @@ from dynamics_provider.application_user import made_by_stack
 from dynamics_provider.base import (
     DataverseResourceProvider,
     clean,
-    need_guid,
-    need_https_url,
-    need_role,
     new_revision,
     next_revision,
     same,
     stack_owner,
     tell,
+)
+from dynamics_provider.checks import (
+    need_guid,
+    need_https_url,
+    need_role,
 )
 from dynamics_provider.dataverse import roles
 

@@ -15,10 +15,12 @@ from dynamics_provider.base import (
     DataverseResourceProvider,
     clean,
     is_unknown,
-    need_https_url,
-    need_role,
     new_revision,
     next_revision,
+)
+from dynamics_provider.checks import (
+    need_https_url,
+    need_role,
 )
 from dynamics_provider.client import DataverseClient
 from dynamics_provider.dataverse import privileges as api

@@ -24,14 +24,16 @@ from dynamics_provider.base import (
     ensure_stderr_logging,
     is_unknown,
     log,
-    need_bool,
-    need_https_url,
-    need_positive_int,
     new_revision,
     next_revision,
     owned_id,
     stack_owner,
     tell,
+)
+from dynamics_provider.checks import (
+    need_bool,
+    need_https_url,
+    need_positive_int,
 )
 from dynamics_provider.client import DataverseClient
 from dynamics_provider.config_schema import hint_for_input

@@ -17,18 +17,20 @@ from dynamics_provider.base import (
     clean,
     ensure_stderr_logging,
     log,
+    new_revision,
+    next_revision,
+    tell,
+)
+from dynamics_provider.checks import (
     need_guid,
     need_https_url,
     need_positive_int,
     need_text,
-    new_revision,
-    next_revision,
-    tell,
-    wait_until,
 )
 from dynamics_provider.client import DataverseClient
 from dynamics_provider.dataverse import users
 from dynamics_provider.dataverse.users import SystemUser
+from dynamics_provider.waiting import wait_until
 
 INPUTS = ("instance_url", "user_principal_name", "azure_object_id", "wait_timeout_seconds")
 DEFAULT_WAIT = 900

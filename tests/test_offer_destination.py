@@ -12,7 +12,10 @@ import pytest
 from pulumi.dynamic import ConfigureRequest
 from pulumi.dynamic.config import Config
 
-from dynamics_provider.base import UNKNOWN, ResourceOperationError
+from dynamics_provider.base import (
+    UNKNOWN,
+    ResourceOperationError,
+)
 from dynamics_provider.offer_destination import DEFAULT_SCHEMA_VERSION, OfferLeadDestinationProvider
 from sandbox.testing import stack_config
 

@@ -116,7 +116,7 @@ def test_killed_host_reports_unavailable_as_provider_error(host):
 
 def test_provider_serialization_survives_thousands_of_calls_from_many_threads_and_stays_deterministic():
     # pulumi's serialize_provider wraps the pickler once more on every call; unguarded, ~1000 dynamic
-    # resources in one process (a fleet of rehearsals) end in RecursionError.
+    # resources serialized in one process (as the harness does for many stacks) end in RecursionError.
     provider = ToyProvider()
     provider.store_path = "/tmp/toy-store.json"  # instance state: pickled through the patched dict writer
     first = provider_ref(provider)

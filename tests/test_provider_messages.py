@@ -7,7 +7,12 @@ from __future__ import annotations
 import pytest
 from pulumi.dynamic import Config, ConfigureRequest
 
-from dynamics_provider.base import ResourceOperationError, need_https_url
+from dynamics_provider.base import (
+    ResourceOperationError,
+)
+from dynamics_provider.checks import (
+    need_https_url,
+)
 from dynamics_provider.role_privileges import RolePrivilegesProvider
 from dynamics_provider.solution import SolutionImportProvider
 from sandbox.solution_zip import build_solution_zip

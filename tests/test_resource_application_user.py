@@ -11,7 +11,9 @@ import pytest
 from pulumi.dynamic import Config, ConfigureRequest
 
 from dynamics_provider.application_user import ApplicationUserProvider
-from dynamics_provider.base import ResourceOperationError
+from dynamics_provider.base import (
+    ResourceOperationError,
+)
 from sandbox.testing import stack_config
 
 

@@ -8,7 +8,10 @@ import pytest
 from pulumi.dynamic import Config, ConfigureRequest
 
 from dynamics_provider.application_user import ApplicationUserProvider
-from dynamics_provider.base import ResourceOperationError, is_secret
+from dynamics_provider.base import (
+    ResourceOperationError,
+    is_secret,
+)
 from dynamics_provider.lead_check import LeadWriteCheckProvider
 from dynamics_provider.role_assignment import SecurityRoleAssignmentProvider
 from dynamics_provider.role_privileges import RolePrivilegesProvider

@@ -11,7 +11,9 @@ import pytest
 from pulumi.dynamic import Config, ConfigureRequest
 
 from dynamics_provider.application_user import ApplicationUserProvider
-from dynamics_provider.base import ResourceOperationError
+from dynamics_provider.base import (
+    ResourceOperationError,
+)
 from dynamics_provider.role_assignment import SecurityRoleAssignmentProvider
 from sandbox.testing import stack_config
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 import pytest
 from pulumi.dynamic import Config, ConfigureRequest
 
-from dynamics_provider.base import ResourceOperationError
+from dynamics_provider.base import (
+    ResourceOperationError,
+)
 from dynamics_provider.role_privileges import RolePrivilegesProvider
 from sandbox.testing import stack_config
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 import pytest
 from pulumi.dynamic import Config, ConfigureRequest
 
-from dynamics_provider.base import ResourceOperationError
+from dynamics_provider.base import (
+    ResourceOperationError,
+)
 from dynamics_provider.solution import SolutionImportProvider, read_manifest
 from sandbox.solution_zip import DEFAULT_UNIQUE_NAME, build_solution_zip
 from sandbox.testing import stack_config

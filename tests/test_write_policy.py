@@ -12,7 +12,9 @@ import pytest
 from pulumi.dynamic import Config, ConfigureRequest
 
 from dynamics_provider.application_user import ApplicationUserProvider
-from dynamics_provider.base import ResourceOperationError
+from dynamics_provider.base import (
+    ResourceOperationError,
+)
 from dynamics_provider.dataverse.writes import MAX_SENDS
 from dynamics_provider.lead_check import LeadWriteCheckProvider
 from dynamics_provider.role_assignment import SecurityRoleAssignmentProvider

@@ -43,8 +43,11 @@ def header(text: str) -> None:
 class Console:
     """Runs the CLI, echoing its output with the sandbox's secrets and any JWT masked."""
 
+    CONFIG_FILE_VERBS = ("up", "preview", "refresh", "destroy")
+
     def __init__(self, env: dict[str, str], secrets: list[str]) -> None:
         self.env, self.secrets, self.leaks = env, [s for s in secrets if s], 0
+        self.config_file: str | None = None  # another stack config file (the sandbox on another port)
 
     def mask(self, line: str, *, shown: bool = True) -> str:
         """The line with secrets and tokens masked; a shown line that needed it counts as a leak."""
@@ -57,6 +60,8 @@ class Console:
 
     def pulumi(self, *args: str, ok_codes: tuple[int, ...] = (0,), show: bool = True) -> tuple[int, str]:
         command = [str(PULUMI), *args, "--stack", STACK, "--non-interactive"]
+        if self.config_file and args[0] in self.CONFIG_FILE_VERBS:
+            command += ["--config-file", self.config_file]
         if show:
             print(f"$ pulumi {' '.join(args)}", flush=True)
         proc = subprocess.Popen(command, cwd=REPO, env=self.env, text=True, stdout=subprocess.PIPE,
@@ -75,22 +80,22 @@ class Console:
 
 
 @contextmanager
-def dev_stack_on_port(env: dict[str, str], port: int) -> Iterator[None]:
-    """The dev stack pointed at the sandbox's port: Pulumi.dev.yaml names the default port; another port is
-    set for this run with `pulumi config set` and the file is restored byte for byte afterwards."""
-    path = REPO / f"Pulumi.{STACK}.yaml"
-    original = path.read_bytes()
+def dev_stack_on_port(console: Console, port: int) -> Iterator[None]:
+    """The dev stack pointed at the sandbox's port. Pulumi.dev.yaml names the default port; for another one
+    the commands read a copy of it with that port (`--config-file`), and the project's file is not touched."""
+    if port == DEFAULT_PORT:
+        yield
+        return
+    copy = Path(console.env["PULUMI_HOME"]) / f"Pulumi.{STACK}.port-{port}.yaml"
+    text = (REPO / f"Pulumi.{STACK}.yaml").read_text()
+    copy.write_text(text.replace(f"127.0.0.1:{DEFAULT_PORT}", f"127.0.0.1:{port}"))
+    print(f"(port {port}: the dev stack's config is read from {copy.name}, Pulumi.dev.yaml with that port)")
+    console.config_file = str(copy)
     try:
-        if port != DEFAULT_PORT:
-            print(f"(port {port}: the dev stack's sandbox URLs point at it for this run; Pulumi.dev.yaml is restored)")
-            for key in ("instanceUrl", "authorityHost", "partnerCenterEndpoint"):
-                value = subprocess.run([str(PULUMI), "config", "get", key, "--stack", STACK], cwd=REPO, env=env,
-                                       text=True, capture_output=True, check=True).stdout.strip()
-                subprocess.run([str(PULUMI), "config", "set", key, value.replace(f":{DEFAULT_PORT}", f":{port}"),
-                                "--stack", STACK], cwd=REPO, env=env, check=True, capture_output=True)
         yield
     finally:
-        path.write_bytes(original)
+        console.config_file = None
+        copy.unlink(missing_ok=True)
 
 
 def fresh_backend(env: dict[str, str]) -> None:
@@ -191,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(env, [info["admin_client_secret"], info["leadwriter_client_secret"]])
     code = 0
     try:
-        with dev_stack_on_port(env, args.port):
+        with dev_stack_on_port(console, args.port):
             story(console, handle.control, info["instance_url"].rstrip("/").rsplit("/", 1)[-1])
     except DemoFailed as failure:
         print(f"\ndemo: {failure}", file=sys.stderr)

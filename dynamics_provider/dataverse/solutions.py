@@ -84,7 +84,7 @@ def import_job(client: DataverseClient, job_id: str) -> dict[str, Any] | None:
 
 
 def wait_for_running_import(client: DataverseClient, job_id: str, *, timeout: float, what: str) -> None:
-    from dynamics_provider.base import wait_until
+    from dynamics_provider.waiting import wait_until
 
     wait_until(lambda: (import_job(client, job_id) or {"completedon": "gone"}).get("completedon"),
                timeout=timeout, what=f"the running import of {what}", first_delay=0.5)
@@ -129,7 +129,7 @@ def follow_import(
     the last (capped at 5 s), so the finish is noticed within ~15 % of the time waited so far; one read a
     poll keeps that cheap (a 3-minute import: ~50 polls; Dataverse allows 6000 / 5 min).
     """
-    from dynamics_provider.base import wait_until
+    from dynamics_provider.waiting import wait_until
 
     seen: list[float] = []
     next_progress = [time.monotonic() + PROGRESS_EVERY_SECONDS]
