@@ -80,8 +80,8 @@ WRITES = {  # resource: (how to make its create, the write's method and path end
 
 
 @pytest.mark.parametrize("resource", list(WRITES))
-def test_a_write_whose_answer_is_always_lost_is_sent_twice_then_reported_as_unknown(sandbox, org, tmp_path,
-                                                                                      resource):
+def test_a_write_whose_answer_is_always_lost_is_sent_three_times_then_reported_as_unknown(sandbox, org, tmp_path,
+                                                                                            resource):
     make, method, path_end = WRITES[resource]
     create = make(sandbox, org, tmp_path)
     # every send is dropped before it is processed: each lookup finds nothing
@@ -90,7 +90,7 @@ def test_a_write_whose_answer_is_always_lost_is_sent_twice_then_reported_as_unkn
     with pytest.raises(ResourceOperationError, match="outcome unknown") as failure:
         create()
     assert f"{resource} create failed" in str(failure.value)
-    assert len(sends(sandbox, org, method, path_end)) == MAX_SENDS == 2
+    assert len(sends(sandbox, org, method, path_end)) == MAX_SENDS == 3
 
 
 @pytest.mark.parametrize("resource", list(WRITES))
