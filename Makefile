@@ -21,7 +21,7 @@ actionlint:           ## the workflow linter the CI-template tests run, in .tool
 demo: $(STAMP) pulumi ## the main job: the dev stack against the local sandbox, through .tools/bin/pulumi
 	$(PY) -m tools.demo
 
-test: $(STAMP) pulumi actionlint ## the whole suite, heavy matrices included
+test: $(STAMP) pulumi actionlint lint ## lint (ruff, mypy), then the whole suite, heavy matrices included
 	$(PY) -m pytest -n 2 -q
 
 test-fast: $(STAMP) pulumi actionlint ## the suite without the heavy matrices
@@ -32,7 +32,7 @@ bench: $(STAMP) pulumi ## performance figures against design.md's targets
 
 lint: $(STAMP)      ## ruff on the tree; mypy on the shipped code; generated config docs up to date
 	$(PY) -m ruff check .
-	$(PY) -m mypy components __main__.py dynamics_provider
+	$(PY) -m mypy components __main__.py dynamics_provider fleet
 	$(PY) -m tools.config_reference --check
 
 sandbox: $(STAMP)     ## serve the sandbox in the foreground on the default port
