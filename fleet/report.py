@@ -156,7 +156,7 @@ def status_markdown(results: Sequence[StackResult], seconds: float, days: int) -
            "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in sorted(results, key=lambda r: (not r.flags and r.status != FAILED, r.name)):
         d = r.details or {}
-        flags = r.error if r.status == FAILED else "<br>".join(_cell(f) for f in r.flags or []) or "—"
+        flags = (r.error or "—") if r.status == FAILED else "<br>".join(_cell(f) for f in r.flags or []) or "—"
         out.append(
             f"| `{_cell(r.name)}` | {_cell(str(d.get('credential') or '—'))} | {_cell(str(d.get('expires_on') or '—'))} "
             f"| {_cell(str(d.get('rotates_on') or '—'))} | {_cell(str(d.get('validated_at') or '—'))} "
