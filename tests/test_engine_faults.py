@@ -25,25 +25,13 @@ from typing import Any
 import pytest
 
 from sandbox.solution_zip import build_solution_zip
+from tests.harness.faults import COLD_UP_WRITES, fault_kinds
 from tests.harness.stacks import Run, Stack, dev_stack
 
 SOLUTION = "MicrosoftMarketplacesLeadIntegrationSolution"
 TIMEOUT_SECONDS = 2  # lead-destination:requestTimeoutSeconds in the read-timeout cases
-WRITES = {  # the Dataverse writes of a cold `up`, in the order the engine reaches them
-    "import": ("POST", r"/ImportSolutionAsync$"),
-    "user": ("POST", r"/systemusers$"),
-    "association": ("POST", r"/systemuserroles_association/\$ref$"),
-    "privileges": ("POST", r"/Microsoft\.Dynamics\.CRM\.AddPrivilegesRole$"),
-    "lead": ("POST", r"/leads$"),
-    "lead cleanup": ("DELETE", r"/leads\("),
-}
-FAULTS = {
-    "429": {"status": 429, "retry_after": 1},
-    "503": {"status": 503},
-    "reset": {"reset": True},
-    "timeout": {"latency_ms": (TIMEOUT_SECONDS + 1) * 1000},  # processed after the client stopped waiting
-    "lost answer": {"reset": True, "after": True},  # processed, then the connection dropped
-}
+WRITES = COLD_UP_WRITES  # in the order the engine reaches them
+FAULTS = fault_kinds(TIMEOUT_SECONDS)
 SAMPLED = {  # the kinds beyond 429 and the lost answer: each at three writes, each write at least once
     "503": ("import", "privileges", "lead"),
     "reset": ("user", "association", "lead cleanup"),

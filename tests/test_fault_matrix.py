@@ -18,22 +18,11 @@ from dynamics_provider.role_privileges import RolePrivilegesProvider
 from dynamics_provider.solution import SolutionImportProvider
 from sandbox.solution_zip import build_solution_zip
 from sandbox.testing import stack_config
+from tests.harness.faults import COLD_UP_WRITES, fault_kinds
 
 TIMEOUT_SECONDS = 2  # lead-destination:requestTimeoutSeconds in the timeout cases
-WRITES = {
-    "user": ("POST", r"/systemusers$"),
-    "association": ("POST", r"/systemuserroles_association/\$ref$"),
-    "privileges": ("POST", r"/Microsoft\.Dynamics\.CRM\.AddPrivilegesRole$"),
-    "lead": ("POST", r"/leads$"),
-    "lead cleanup": ("DELETE", r"/leads\("),
-}
-FAULTS = {
-    "429": {"status": 429, "retry_after": 1},
-    "503": {"status": 503},
-    "reset": {"reset": True},
-    "lost answer": {"reset": True, "after": True},  # processed, then the connection dropped
-    "timeout": {"latency_ms": (TIMEOUT_SECONDS + 1) * 1000},  # processed after the client stopped waiting
-}
+WRITES = {k: v for k, v in COLD_UP_WRITES.items() if k != "import"}  # the import: its own tests below
+FAULTS = fault_kinds(TIMEOUT_SECONDS)
 GRANT = [{"name": "prvCreateLead", "depth": "Global"}, {"name": "prvReadAsyncOperation", "depth": "Global"}]
 
 
