@@ -22,10 +22,10 @@ demo: $(STAMP) pulumi ## the main job: the dev stack against the local sandbox, 
 	$(PY) -m tools.demo
 
 test: $(STAMP) pulumi actionlint lint ## lint (ruff, mypy), then the whole suite, heavy matrices included
-	$(PY) -m pytest -n 2 -q
+	$(PY) -m pytest -n 2 --dist worksteal -q
 
 test-fast: $(STAMP) pulumi actionlint ## the suite without the heavy matrices
-	$(PY) -m pytest -n 2 -q -m "not heavy"
+	$(PY) -m pytest -n 2 --dist worksteal -q -m "not heavy"
 
 bench: $(STAMP) pulumi ## performance figures against design.md's targets
 	$(PY) -m tools.bench
