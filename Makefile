@@ -1,15 +1,42 @@
 # One entry point per job. Every target creates .venv itself from the pinned requirement files, and the
 # ones that run the Pulumi CLI build it first (tools/pulumi/build.sh: pinned Go modules -> .tools/bin).
-PYTHON ?= python3.11
+#
+# Python: PYTHON when set (`make PYTHON=python3.12 test`, or in the environment), else the newest supported
+# CPython (3.13, 3.12, 3.11) that actually runs here (tools/find_python.sh: pyenv's shims don't count
+# unless they run). .venv belongs to one interpreter: its stamp names it, so another one rebuilds .venv.
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(shell tools/find_python.sh)
+PYTHON_FROM := the newest supported that runs here; PYTHON=... for another
+else
+PYTHON_FROM := PYTHON=$(PYTHON)
+endif
+# version-crc32(base prefix): the same version from another installation is another interpreter
+PY_ID_CODE := import sys, zlib; print("%d.%d.%d-%08x" % (*sys.version_info[:3], zlib.crc32(sys.base_prefix.encode())))
+PY_ID  := $(if $(PYTHON),$(shell '$(PYTHON)' -c '$(PY_ID_CODE)' 2>/dev/null))
+PYVER  := $(firstword $(subst -, ,$(PY_ID)))
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+STAMP  := $(VENV)/.installed-python$(PY_ID)
+
+ifneq ($(filter-out clean,$(or $(MAKECMDGOALS),default)),)
+$(info make: Python $(or $(PYVER),(none found)) at $(or $(PYTHON),-) for $(VENV) ($(PYTHON_FROM)))
+endif
 
 .PHONY: demo test test-fast bench lint sandbox pulumi actionlint clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
-	$(PYTHON) -m venv $(VENV)
+	@case "$(PYVER)" in \
+	    3.11.*|3.12.*|3.13.*) ;; \
+	    "") echo "make: no supported Python (3.13, 3.12 or 3.11) runs here$(if $(PYTHON), (PYTHON=$(PYTHON) does not run)):" \
+	             "install one, or set PYTHON=/path/to/python3.1x" >&2; exit 1 ;; \
+	    *) echo "make: PYTHON=$(PYTHON) is Python $(PYVER); supported: 3.11, 3.12, 3.13 (pyproject.toml)" >&2; exit 1 ;; \
+	esac
+	@if [ "$$($(PY) -c '$(PY_ID_CODE)' 2>/dev/null)" != "$(PY_ID)" ]; then \
+	    echo "make: building $(VENV) with Python $(PYVER) ($(PYTHON))"; \
+	    rm -rf $(VENV) && '$(PYTHON)' -m venv $(VENV); \
+	fi
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
+	@rm -f $(VENV)/.installed*
 	touch $(STAMP)
 
 pulumi:               ## the Pulumi CLI + Python language host in .tools/bin (rebuilt only when a pin changes)
@@ -19,7 +46,7 @@ actionlint:           ## the workflow linter the CI-template tests run, in .tool
 	tools/actionlint/build.sh
 
 demo: $(STAMP) pulumi ## the main job: the dev stack against the local sandbox, through .tools/bin/pulumi
-	$(PY) -m tools.demo
+	$(PY) -m tools.demo $(DEMO_ARGS)
 
 test: $(STAMP) pulumi actionlint lint ## lint (ruff, mypy), then the whole suite, heavy matrices included
 	$(PY) -m pytest -n 2 --dist worksteal -q

@@ -26,7 +26,7 @@ import pytest
 
 from sandbox.solution_zip import build_solution_zip
 from tests.harness.faults import COLD_UP_WRITES, fault_kinds
-from tests.harness.stacks import Run, Stack, dev_stack
+from tools.stacks import Run, Stack, dev_stack
 
 SOLUTION = "MicrosoftMarketplacesLeadIntegrationSolution"
 TIMEOUT_SECONDS = 2  # lead-destination:requestTimeoutSeconds in the read-timeout cases

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from sandbox.solution_zip import build_solution_zip
-from tests.harness.stacks import Project, Stack, dev_stack
+from tools.stacks import Project, Stack, dev_stack
 
 # Each marker sits where a careless user could put a credential; none may reach the CLI's output.
 URL_KEYS: dict[str, Any] = {

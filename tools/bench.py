@@ -26,7 +26,7 @@ from fleet.runner import PREVIEW, UP, run_fleet
 from fleet.workspace import Workspace
 from sandbox.solution_zip import build_solution_zip
 from sandbox.testing import start_sandbox
-from tests.harness.stacks import Project, dev_config, dev_stack
+from tools.stacks import Project, dev_config, dev_stack
 
 COMMAND = "make bench   (= .venv/bin/python -m tools.bench --fleet 50 --latency-ms 100)"
 WRITES = {"POST", "PATCH", "PUT", "DELETE"}

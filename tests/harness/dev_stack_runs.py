@@ -11,7 +11,7 @@ from typing import Any
 
 from sandbox.solution_zip import DEFAULT_ROLE_NAME, DEFAULT_UNIQUE_NAME, build_solution_zip
 from tests.harness.interrupt import CliRun
-from tests.harness.stacks import Stack, dev_stack
+from tools.stacks import Stack, dev_stack
 
 LEADWRITER_APP = "0b1f5a3c-5a4d-4e8b-9c6f-5a0d8b0c0b01"  # the dev stack's existing application
 RESOURCES = ("dev-dynamics-solution", "dev-dynamics-user", "dev-dynamics-role", "dev-dynamics-privileges",
