@@ -13,6 +13,10 @@ from urllib.parse import urlsplit
 from sandbox.common import GUID_PATTERN
 
 SCHEMA_BASE = "https://schema.mp.microsoft.com/schema"
+# Both bases appear in the $schema of Microsoft's examples (Learn, "Product Ingestion API for the commercial
+# marketplace": product-ingestion.azureedge.net for the 2022-03-01-preview2/3 resources, schema.mp.microsoft.com
+# for its resources-index and later versions): requests may name either; answers use SCHEMA_BASE.
+SCHEMA_BASES = (SCHEMA_BASE, "https://product-ingestion.azureedge.net/schema")
 SUPPORTED_VERSIONS = ("2022-03-01-preview2", "2022-03-01-preview3", "2022-03-01-preview5")
 PUBLIC_BASE = "https://graph.microsoft.com/rp/product-ingestion"  # where Microsoft serves the API
 MASKED = "*********"  # what the API returns in place of applicationKey / password
@@ -47,7 +51,7 @@ def validate_customer_leads(resource: dict[str, Any], version: str) -> list[dict
         errors.append({"code": code, "message": f"{resource.get('id') or 'customer-leads'}: {path}: {message}"})
 
     expected_schema = f"{SCHEMA_BASE}/customer-leads/{version}"
-    if resource.get("$schema") != expected_schema:
+    if resource.get("$schema") not in {f"{base}/customer-leads/{version}" for base in SCHEMA_BASES}:
         fail("$schema", f"must be '{expected_schema}'", "invalidSchema")
     if not isinstance(resource.get("product"), str) or not resource["product"]:
         fail("product", "is required")
