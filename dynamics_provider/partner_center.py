@@ -54,6 +54,7 @@ class UnexpectedAnswer(LeadDestinationError):
 # or its result is final, whatever else it says (inferred).
 FINAL_RESULTS = frozenset({"succeeded", "failed", "cancelled", "canceled"})
 _WORD = re.compile(r"^[A-Za-z][A-Za-z0-9_ .-]{0,39}$")
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")  # Microsoft's examples: GUIDs
 
 
 def field(obj: Any, name: str) -> Any:
@@ -301,10 +302,11 @@ class ProductIngestion:
         except ValueError:
             answer = None
         job_id = field(answer, "jobID")
-        if not isinstance(job_id, str | int) or isinstance(job_id, bool) or not str(job_id).strip():
+        if isinstance(job_id, bool) or not isinstance(job_id, str | int) or not _JOB_ID.match(str(job_id).strip()):
+            got = "without a job id" if job_id in (None, "") else "with a job id it cannot read"
             raise UnexpectedAnswer(
-                f"Partner Center answered the configure request for {product} (HTTP {resp.status_code}) without a "
-                f"job id ({shape(answer)}): the request may have been accepted and the draft changed",
+                f"Partner Center answered the configure request for {product} (HTTP {resp.status_code}) {got} "
+                f"({shape(answer)}): the request may have been accepted and the draft changed",
                 hint="check the offer's draft lead destination in Partner Center, or run `pulumi up` again "
                      "(configure is declarative: sending it again is safe)")
         job_id = str(job_id).strip()

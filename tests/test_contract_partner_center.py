@@ -180,7 +180,8 @@ def test_an_unusual_final_job_is_reported_by_its_state_and_errors_never_a_secret
 
 
 @pytest.mark.parametrize("answer", [{}, {"jobStatus": "notStarted"}, {"jobID": ""}, {"jobID": None}, "accepted",
-                                    None, [{"jobID": "x"}]])
+                                    None, [{"jobID": "x"}], {"jobID": f"{SECRET} with spaces"}, {"jobID": True},
+                                    {"jobID": {"id": "x"}}])
 def test_a_configure_answer_without_a_job_id_says_the_request_may_have_been_accepted(
         control: Any, api: ProductIngestion, product: tuple[str, str], answer: Any) -> None:
     control.respond(CONFIGURE_PATH, 202, answer, method="POST")
@@ -188,7 +189,7 @@ def test_a_configure_answer_without_a_job_id_says_the_request_may_have_been_acce
         api.configure(leads(product[1]), timeout=20, secret_values=[SECRET])
     text = str(failed.value)
     assert f"configure request for product/{product[1]}" in text and "may have been accepted" in text
-    assert "Partner Center" in text and "pulumi up" in text
+    assert "Partner Center" in text and "pulumi up" in text and SECRET not in text
 
 
 @pytest.mark.parametrize("answer", [{"products": []}, {"value": "none"}, 42, "text"])
