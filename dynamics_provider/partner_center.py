@@ -54,6 +54,8 @@ class UnexpectedAnswer(LeadDestinationError):
 # or its result is final, whatever else it says (inferred).
 FINAL_RESULTS = frozenset({"succeeded", "failed", "cancelled", "canceled"})
 _WORD = re.compile(r"^[A-Za-z][A-Za-z0-9_ .-]{0,39}$")
+CHECK_THE_DRAFT = ("check the offer's draft lead destination in Partner Center, or run `pulumi up` again "
+                   "(configure is declarative: sending it again is safe)")
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")  # Microsoft's examples: GUIDs
 
 
@@ -307,15 +309,22 @@ class ProductIngestion:
             raise UnexpectedAnswer(
                 f"Partner Center answered the configure request for {product} (HTTP {resp.status_code}) {got} "
                 f"({shape(answer)}): the request may have been accepted and the draft changed",
-                hint="check the offer's draft lead destination in Partner Center, or run `pulumi up` again "
-                     "(configure is declarative: sending it again is safe)")
+                hint=CHECK_THE_DRAFT)
         job_id = str(job_id).strip()
         log.info("Partner Center configure job %s submitted for %s", job_id, product)
         what = f"Partner Center configure job {job_id}"
         seen: list[Any] = []
 
         def probe() -> Any:
-            status = self._get(f"configure/{quote(job_id)}/status", f"the status of configure job {job_id}")
+            try:
+                status = self._get(f"configure/{quote(job_id)}/status", f"the status of configure job {job_id}")
+            except PartnerCenterError as exc:
+                if exc.status != 404:
+                    raise
+                raise UnexpectedAnswer(
+                    f"Partner Center does not know configure job {job_id}, which it gave for {product} (HTTP 404 "
+                    "on its status): the configure request may have been accepted and the draft changed",
+                    hint=CHECK_THE_DRAFT) from None
             if not isinstance(status, Mapping):
                 raise UnexpectedAnswer(f"Partner Center's status of configure job {job_id} is {shape(status)}",
                                        hint="retry later; if it persists, the Product Ingestion API has changed")

@@ -192,6 +192,25 @@ def test_a_configure_answer_without_a_job_id_says_the_request_may_have_been_acce
     assert "Partner Center" in text and "pulumi up" in text and SECRET not in text
 
 
+def test_a_job_its_status_does_not_know_says_the_request_may_have_been_accepted(
+        control: Any, api: ProductIngestion, product: tuple[str, str]) -> None:
+    control.respond(CONFIGURE_PATH, 202, body_of("configure-lead-management"), method="POST")
+    control.respond(STATUS_PATH, 404, {"error": {"code": "notFound", "message": "Job not found."}}, method="GET")
+    with pytest.raises(UnexpectedAnswer) as failed:
+        api.configure(leads(product[1]), timeout=20, secret_values=[SECRET])
+    assert "configure job d4261631-c583-4949-a612-5150882632e9" in str(failed.value)
+    assert "may have been accepted" in str(failed.value) and "pulumi up" in str(failed.value)
+
+
+def test_the_product_lookup_sends_the_query_name_the_current_page_writes(
+        sandbox: Any, api: ProductIngestion, product: tuple[str, str]) -> None:
+    since = sandbox.control.log()[-1]["seq"]
+    assert api.find_product(product[0]) == f"product/{product[1]}"
+    sent = [e for e in sandbox.control.log(since=since) if e["kind"] == "partnercenter"]
+    assert [sorted(e["query"].split("&")) for e in sent] == [
+        sorted([f"externalID={product[0]}", f"%24version={VERSION}"])]
+
+
 @pytest.mark.parametrize("answer", [{"products": []}, {"value": "none"}, 42, "text"])
 def test_a_product_list_of_another_shape_is_refused_naming_the_lookup(
         control: Any, api: ProductIngestion, answer: Any) -> None:
