@@ -39,12 +39,6 @@ def answer_of(name: str) -> tuple[int, Any]:
     return int(response["status"]), copy.deepcopy(response["body"])
 
 
-@pytest.fixture
-def control(sandbox: Any) -> Any:
-    yield sandbox.control
-    sandbox.control.clear_faults()
-
-
 def app_tokens(sandbox: Any) -> Any:
     info = sandbox.info
     return client_secret_tokens(info["authority"], info["admin_client_id"], info["admin_client_secret"],

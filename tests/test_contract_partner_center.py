@@ -51,12 +51,6 @@ def status_of(name: str, default: int = 200) -> int:
 
 
 @pytest.fixture
-def control(sandbox: Any) -> Any:
-    yield sandbox.control
-    sandbox.control.clear_faults()
-
-
-@pytest.fixture
 def api(sandbox: Any, deployer: Any) -> ProductIngestion:
     settings = dataclasses.replace(deployer, partner_center_endpoint=sandbox.info["partner_center_url"])
     return ProductIngestion(partner_center_client(settings), VERSION)
