@@ -4,7 +4,7 @@ its client, the product lookup, the draft `customer-leads` resource, and configu
 Microsoft's pages spell the API's names two ways (Learn "Product Ingestion API for the commercial
 marketplace": `jobID`, `identity.externalID`, `externalID=`; its 2022 version: `jobId`, `externalId`), so every
 answer is read by name without regard to case (`field`). An answer this module does not understand fails with
-`UnexpectedAnswer`, naming the operation and the shape it saw (field names and types, never values).
+`UnreadableAnswer`, naming the operation and the shape it saw (field names and types, never values).
 Sources per behaviour: docs/sandbox.md, "Partner Center".
 """
 
@@ -44,7 +44,7 @@ class OfferConfigurationError(LeadDestinationError):
     """Partner Center refused or failed a configure job; the API's errors are quoted (secrets redacted)."""
 
 
-class UnexpectedAnswer(LeadDestinationError):
+class UnreadableAnswer(LeadDestinationError):
     """Partner Center answered something this client does not understand (named by shape, never by value)."""
 
 
@@ -91,7 +91,7 @@ def answer_json(resp: Any, what: str) -> Any:
     try:
         return resp.json()
     except ValueError:
-        raise UnexpectedAnswer(f"Partner Center's answer to {what} is not JSON (HTTP {resp.status_code})",
+        raise UnreadableAnswer(f"Partner Center's answer to {what} is not JSON (HTTP {resp.status_code})",
                                hint="retry later; if it persists, the API has changed: report it") from None
 
 
@@ -107,7 +107,7 @@ def product_list(body: Any, offer_id: str) -> list[Any]:
     if isinstance(body, Mapping) and (field(body, "identity") is not None or
                                       str(field(body, "id") or "").startswith("product/")):
         return [body]
-    raise UnexpectedAnswer(
+    raise UnreadableAnswer(
         f"Partner Center's product lookup for offer {offer_id!r} answered {shape(body)}, not a product list",
         hint="retry later; if it persists, the Product Ingestion API has changed: report it")
 
@@ -253,7 +253,7 @@ class ProductIngestion:
                 continue
             durable = field(product, "id")
             if not isinstance(durable, str) or not durable.strip("/ "):
-                raise UnexpectedAnswer(
+                raise UnreadableAnswer(
                     f"Partner Center's product lookup found offer {offer_id!r} but gave no durable id "
                     f"({shape(product)})", hint="retry later; if it persists, report it")
             durable = durable.strip("/ ")
@@ -262,7 +262,7 @@ class ProductIngestion:
             return None
         listed = "; ".join(product_summary(p) for p in products[:5])
         more = f" and {len(products) - 5} more" if len(products) > 5 else ""
-        raise UnexpectedAnswer(
+        raise UnreadableAnswer(
             f"Partner Center's product lookup for offer {offer_id!r} returned {len(products)} product(s), none "
             f"whose identity names that offer: {listed}{more}",
             hint="check offer_id (Partner Center → offer → Offer setup → Offer ID); nothing was changed")
@@ -279,7 +279,7 @@ class ProductIngestion:
             raise
         resources = field(tree, "resources")
         if not isinstance(resources, list):
-            raise UnexpectedAnswer(f"Partner Center's answer to {what} has no resources list ({shape(tree)})",
+            raise UnreadableAnswer(f"Partner Center's answer to {what} has no resources list ({shape(tree)})",
                                    hint="retry later; if it persists, the Product Ingestion API has changed")
         for resource in resources:
             if not isinstance(resource, Mapping):
@@ -306,7 +306,7 @@ class ProductIngestion:
         job_id = field(answer, "jobID")
         if isinstance(job_id, bool) or not isinstance(job_id, str | int) or not _JOB_ID.match(str(job_id).strip()):
             got = "without a job id" if job_id in (None, "") else "with a job id it cannot read"
-            raise UnexpectedAnswer(
+            raise UnreadableAnswer(
                 f"Partner Center answered the configure request for {product} (HTTP {resp.status_code}) {got} "
                 f"({shape(answer)}): the request may have been accepted and the draft changed",
                 hint=CHECK_THE_DRAFT)
@@ -321,12 +321,12 @@ class ProductIngestion:
             except PartnerCenterError as exc:
                 if exc.status != 404:
                     raise
-                raise UnexpectedAnswer(
+                raise UnreadableAnswer(
                     f"Partner Center does not know configure job {job_id}, which it gave for {product} (HTTP 404 "
                     "on its status): the configure request may have been accepted and the draft changed",
                     hint=CHECK_THE_DRAFT) from None
             if not isinstance(status, Mapping):
-                raise UnexpectedAnswer(f"Partner Center's status of configure job {job_id} is {shape(status)}",
+                raise UnreadableAnswer(f"Partner Center's status of configure job {job_id} is {shape(status)}",
                                        hint="retry later; if it persists, the Product Ingestion API has changed")
             state, result = field(status, "jobStatus"), field(status, "jobResult")
             seen[:] = [state]

@@ -20,7 +20,7 @@ from dynamics_provider.errors import PartnerCenterError
 from dynamics_provider.partner_center import (
     OfferConfigurationError,
     ProductIngestion,
-    UnexpectedAnswer,
+    UnreadableAnswer,
     customer_leads,
     partner_center_client,
 )
@@ -129,7 +129,7 @@ def test_the_documented_product_inside_a_value_list_is_found_too(control: Any, a
 def test_a_product_whose_identity_names_another_offer_is_never_taken(control: Any, api: ProductIngestion) -> None:
     product = body_of("query-product-by-externalID")
     control.respond(r"/rp/product-ingestion/product$", 200, {"value": [product]}, method="GET")
-    with pytest.raises(UnexpectedAnswer) as refused:
+    with pytest.raises(UnreadableAnswer) as refused:
         api.find_product("contoso-lead-offer")
     text = str(refused.value)
     assert "'contoso-lead-offer'" in text and product["id"] in text and "ds-contoso-image-resize-demo" in text
@@ -179,7 +179,7 @@ def test_an_unusual_final_job_is_reported_by_its_state_and_errors_never_a_secret
 def test_a_configure_answer_without_a_job_id_says_the_request_may_have_been_accepted(
         control: Any, api: ProductIngestion, product: tuple[str, str], answer: Any) -> None:
     control.respond(CONFIGURE_PATH, 202, answer, method="POST")
-    with pytest.raises(UnexpectedAnswer) as failed:
+    with pytest.raises(UnreadableAnswer) as failed:
         api.configure(leads(product[1]), timeout=20, secret_values=[SECRET])
     text = str(failed.value)
     assert f"configure request for product/{product[1]}" in text and "may have been accepted" in text
@@ -190,7 +190,7 @@ def test_a_job_its_status_does_not_know_says_the_request_may_have_been_accepted(
         control: Any, api: ProductIngestion, product: tuple[str, str]) -> None:
     control.respond(CONFIGURE_PATH, 202, body_of("configure-lead-management"), method="POST")
     control.respond(STATUS_PATH, 404, {"error": {"code": "notFound", "message": "Job not found."}}, method="GET")
-    with pytest.raises(UnexpectedAnswer) as failed:
+    with pytest.raises(UnreadableAnswer) as failed:
         api.configure(leads(product[1]), timeout=20, secret_values=[SECRET])
     assert "configure job d4261631-c583-4949-a612-5150882632e9" in str(failed.value)
     assert "may have been accepted" in str(failed.value) and "pulumi up" in str(failed.value)
@@ -209,7 +209,7 @@ def test_the_product_lookup_sends_the_query_name_the_current_page_writes(
 def test_a_product_list_of_another_shape_is_refused_naming_the_lookup(
         control: Any, api: ProductIngestion, answer: Any) -> None:
     control.respond(r"/rp/product-ingestion/product$", 200, answer, method="GET")
-    with pytest.raises(UnexpectedAnswer, match="product lookup for offer 'contoso-lead-offer'"):
+    with pytest.raises(UnreadableAnswer, match="product lookup for offer 'contoso-lead-offer'"):
         api.find_product("contoso-lead-offer")
 
 
@@ -218,7 +218,7 @@ def test_a_product_list_of_another_shape_is_refused_naming_the_lookup(
 def test_a_product_without_an_identity_naming_the_offer_is_not_taken(
         control: Any, api: ProductIngestion, product: Any) -> None:
     control.respond(r"/rp/product-ingestion/product$", 200, {"value": [product]}, method="GET")
-    with pytest.raises(UnexpectedAnswer, match="none whose identity names that offer"):
+    with pytest.raises(UnreadableAnswer, match="none whose identity names that offer"):
         api.find_product("contoso-lead-offer")
 
 
