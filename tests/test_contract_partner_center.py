@@ -24,6 +24,7 @@ from dynamics_provider.partner_center import (
     customer_leads,
     partner_center_client,
 )
+from dynamics_provider.waiting import wait_until
 
 FIXTURES = Path(__file__).resolve().parent.parent / "contract" / "fixtures" / "partner-center"
 VERSION = "2022-03-01-preview2"
@@ -395,3 +396,25 @@ def test_the_emulators_error_envelope_has_the_documented_keys(sandbox: Any) -> N
     documented = fixture("cancel-configure-refused")["response"]
     assert compare("cancel-configure-refused", answer.status_code, answer.json(), documented["body"]) == []
     assert answer.json()["error"]["code"] == documented["body"]["error"]["code"] == "badRequest"
+
+
+def test_the_emulator_accepts_the_documented_lead_management_request(sandbox: Any, product: tuple[str, str]) -> None:
+    """The page's request as written (a customer-leads/2022-03-01-preview3 resource in a configure sent with
+    $version=2022-03-01-preview2), for this test's product."""
+    raw, guid = Raw(sandbox), product[1]
+    request = fixture("configure-lead-management")["request"]
+    body = copy.deepcopy(request["body"])
+    body["resources"][0].update(id=f"customer-leads/{guid}", product=f"product/{guid}")
+    version = request["path"].split("$version=")[1]
+    job = raw.call("POST", "configure", json=body, **{"$version": version}).json()["jobID"]
+
+    def finished() -> Any:
+        status = raw.call("GET", f"configure/{job}/status", **{"$version": version}).json()
+        return status if status["jobStatus"] == "completed" else None
+
+    status = wait_until(finished, timeout=30, what="the configure job", first_delay=0.1)
+    assert (status["jobResult"], status["errors"]) == ("succeeded", [])
+    tree = raw.call("GET", f"resource-tree/product/{guid}", **{"$version": version}).json()
+    leads_resource = next(r for r in tree["resources"] if r["id"].startswith("customer-leads/"))
+    assert leads_resource["leadDestination"] == "httpsEndpoint"
+    assert leads_resource["httpsEndpointLeadConfiguration"] == body["resources"][0]["httpsEndpointLeadConfiguration"]

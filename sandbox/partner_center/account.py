@@ -25,11 +25,11 @@ from sandbox.partner_center.schema import (
     MASKED,
     PUBLIC_BASE,
     SCHEMA_BASE,
-    SCHEMA_BASES,
     SECRET_FIELDS,
     SEEDED_OFFER,
     SUPPORTED_VERSIONS,
     mask,
+    schema_urls,
     validate_customer_leads,
 )
 
@@ -254,9 +254,10 @@ class PartnerCenter:
             return error(400, "badRequest", "The request body must be an object with a 'resources' array.")
         errors: list[dict[str, str]] = []
         schema = body.get("$schema")
-        if schema not in {f"{base}/configure/{version}" for base in SCHEMA_BASES}:
+        if schema not in schema_urls("configure"):
             errors.append({"code": "invalidSchema",
-                           "message": f"$schema must be '{SCHEMA_BASE}/configure/{version}'"})
+                           "message": f"$schema must be '{SCHEMA_BASE}/configure/<version>' with a version of "
+                                      f"{list(SUPPORTED_VERSIONS)}"})
         for resource in body["resources"]:
             if not isinstance(resource, dict):
                 errors.append({"code": "invalidResource", "message": "each resource must be an object"})

@@ -32,6 +32,11 @@ _UUID = re.compile(rf"^{GUID_PATTERN}$")
 _EMAIL = re.compile(r"^[^@\s;,]+@[^@\s;,]+\.[^@\s;,]+$")
 
 
+def schema_urls(resource_type: str) -> set[str]:
+    """Every `$schema` a request may name for a resource type: either base, any supported version."""
+    return {f"{base}/{resource_type}/{v}" for base in SCHEMA_BASES for v in SUPPORTED_VERSIONS}
+
+
 def mask(resource: dict[str, Any]) -> dict[str, Any]:
     """A customer-leads resource as the API returns it: secrets replaced by the mask."""
     out = copy.deepcopy(resource)
@@ -50,9 +55,11 @@ def validate_customer_leads(resource: dict[str, Any], version: str) -> list[dict
     def fail(path: str, message: str, code: str = "invalidResource") -> None:
         errors.append({"code": code, "message": f"{resource.get('id') or 'customer-leads'}: {path}: {message}"})
 
-    expected_schema = f"{SCHEMA_BASE}/customer-leads/{version}"
-    if resource.get("$schema") not in {f"{base}/customer-leads/{version}" for base in SCHEMA_BASES}:
-        fail("$schema", f"must be '{expected_schema}'", "invalidSchema")
+    # Each resource names its own schema version, which may differ from the call's $version (doc: the Learn
+    # page's lead management sample sends customer-leads/2022-03-01-preview3 with $version=2022-03-01-preview2)
+    if resource.get("$schema") not in schema_urls("customer-leads"):
+        fail("$schema", f"must be '{SCHEMA_BASE}/customer-leads/<version>' with a version of "
+                        f"{list(SUPPORTED_VERSIONS)}", "invalidSchema")
     if not isinstance(resource.get("product"), str) or not resource["product"]:
         fail("product", "is required")
     destination = resource.get("leadDestination")
