@@ -17,6 +17,7 @@ import msal
 import pytest
 import requests
 
+from dynamics_provider.waiting import wait_until
 from sandbox.testing import ControlError, stack_config, start_sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,7 +137,14 @@ def test_serve_on_a_given_port_names_and_serves_that_port_everywhere(tmp_path):
                            json={"$schema": f"https://schema.mp.microsoft.com/schema/configure/{version}",
                                  "resources": []})
         assert job.status_code == 202, job.text
-        assert job.json()["resourceUri"].startswith(f"https://{host}/rp/product-ingestion/configure/")
+        status_url = f"{info['partner_center_url']}/configure/{job.json()['jobID']}/status?$version={version}"
+
+        def succeeded() -> dict | None:  # resourceUri comes with a succeeded job (docs/sandbox.md, Partner Center)
+            status = session.get(status_url, timeout=20, headers={"Authorization": f"Bearer {graph}"}).json()
+            return status if status["jobResult"] == "succeeded" else None
+
+        done = wait_until(succeeded, timeout=30, what="the configure job", first_delay=0.1)
+        assert done["resourceUri"].startswith(f"https://{host}/rp/product-ingestion/configure/")
         session.close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
