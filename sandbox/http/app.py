@@ -206,7 +206,9 @@ class SandboxApp:
                    target_of: Callable[[], Any]) -> Response:
         caller, problem = self._authenticate(request, entry, audience)
         self.log.note_caller(entry, caller.label if caller else None)
-        if fault := self.faults.apply(request, entry, self._envelope_fault):
+        if fault := self.faults.apply(request, entry, self._envelope_fault, authenticated=caller is not None):
+            if "fault_respond" in entry:  # a recorded answer is sent exactly as recorded, a 401 too
+                return fault
             # a refused token looks the same injected or not: the service's 401 with its bearer challenge
             return self._unauthenticated(entry, audience, "injected fault") if fault.status_code == 401 else fault
         if caller is None:
