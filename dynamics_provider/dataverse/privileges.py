@@ -35,6 +35,13 @@ def normalize_depth(depth: Any) -> str | None:
     return _ALIASES.get(re.sub(r"[\s:_\-]", "", depth).lower())
 
 
+def privilege_reference(privilege_id: str) -> dict[str, str]:
+    """RemovePrivilegeRole's one parameter, `Privilege`, is an entity of type privilege (Learn:
+    webapi/reference/removeprivilegerole), not the .NET SDK's PrivilegeId: the entity is sent as a JSON object
+    with its key and its type ("Use Web API actions", "Specify entity parameter type")."""
+    return {"@odata.type": "Microsoft.Dynamics.CRM.privilege", "privilegeid": privilege_id}
+
+
 def rank(depth: str | None) -> int:
     return -1 if depth is None else DEPTHS.index(depth)
 
@@ -140,7 +147,8 @@ def set_depths(client: DataverseClient, state: RolePrivilegeState, target: Mappi
         privilege_id = state.catalogue[name]["privilegeid"]
         if have is not None and (depth is None or rank(depth) < rank(have)):
             try:
-                client.action("RemovePrivilegeRole", {"PrivilegeId": privilege_id}, bound=("roles", role.id))
+                client.action("RemovePrivilegeRole", {"Privilege": privilege_reference(privilege_id)},
+                              bound=("roles", role.id))
             except NotFound:
                 pass
         if depth is not None:

@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from sandbox.common import GUID_PATTERN
 from sandbox.dataverse.batch import format_batch, parse_batch
+from sandbox.dataverse.operations import check_function_parameters
 from sandbox.dataverse.protocol import (
     ODataError,
     Result,
@@ -61,7 +62,7 @@ class Router:
             (re.compile(r"WhoAmI(\(\))?"), self._who_am_i),
             (re.compile(r"\$batch"), self._batch),
             (re.compile(r"(ImportSolutionAsync|StageAndUpgradeAsync|ImportSolution)"), self._import),
-            (re.compile(r"RetrieveRolePrivilegesRole\(RoleId=(@?[\w-]+)\)"), self._role_privileges),
+            (re.compile(r"RetrieveRolePrivilegesRole\(([^)]*)\)"), self._role_privileges),
             (re.compile(rf"systemusers\(({g})\)/(?:Microsoft\.Dynamics\.CRM\.)?RetrieveUserPrivileges(\(\))?"),
              self._user_privileges),
             (re.compile(rf"roles\(({g})\)/Microsoft\.Dynamics\.CRM\."
@@ -101,8 +102,11 @@ class Router:
 
     def _role_privileges(self, call: Call, m: re.Match[str]) -> Result:
         require_method(call.method, "GET")
-        raw = call.query.get(m.group(1), "") if m.group(1).startswith("@") else m.group(1)
-        return self.roles.retrieve_role_privileges(parse_guid(raw), call.principal)
+        params = dict(p.split("=", 1) if "=" in p else (p, "") for p in m.group(1).split(",") if p)
+        check_function_parameters("RetrieveRolePrivilegesRole", list(params))
+        value = params.get("RoleId", "")
+        raw = call.query.get(value, "") if value.startswith("@") else value
+        return self.roles.retrieve_role_privileges(parse_guid(raw.strip("'")), call.principal)
 
     def _user_privileges(self, call: Call, m: re.Match[str]) -> Result:
         require_method(call.method, "GET")

@@ -64,7 +64,8 @@ _table(Table("solution", "solutions", "solutionid", "Solution",
              {"solutionid": GUID, "uniquename": STR, "friendlyname": STR, "version": STR, "ismanaged": BOOL,
               "installedon": DATE, "description": STR, "isvisible": BOOL, **_COMMON}))
 _table(Table("asyncoperation", "asyncoperations", "asyncoperationid", "AsyncOperation",
-             {"asyncoperationid": GUID, "name": STR, "operationtype": INT, "statecode": INT, "statuscode": INT,
+             {"asyncoperationid": GUID, "name": STR, "messagename": STR, "operationtype": INT, "statecode": INT,
+              "statuscode": INT,
               "message": STR, "friendlymessage": STR, "startedon": DATE, "completedon": DATE,
               "_ownerid_value": GUID, "correlationid": GUID, **_COMMON}))
 _table(Table("importjob", "importjobs", "importjobid", "ImportJob",

@@ -80,13 +80,17 @@ def _coerce(table: Table, key: str, value: Any) -> Any:
 
 
 def created_result(base: str, table: Table, row: dict, query: dict, headers: dict[str, str]) -> Result:
-    """204 with OData-EntityId, or 201 with the row under `Prefer: return=representation`."""
+    """204 with OData-EntityId, or 201 with the row under `Prefer: return=representation`.
+
+    Learn, "Create a table row using the Web API" ("Create with data returned"): the 201 carries
+    `Preference-Applied: return=representation` and "the OData-EntityId header containing the URI to the
+    created record is not returned" (contract/fixtures/powerapps-docs/create-with-data-returned.json)."""
     entity_id = f"{base}{table.entity_set}({row[table.key]})"
     if "return=representation" in headers.get("prefer", "").replace(" ", ""):
         select = parse_select(table, query.get("$select"))
         ctx_cols = f"({','.join(select)})" if select else ""
         return json_result({"@odata.context": f"{base}$metadata#{table.entity_set}{ctx_cols}/$entity",
-                            **project(table, row, select)}, 201, {"OData-EntityId": entity_id, "Location": entity_id})
+                            **project(table, row, select)}, 201, {"Preference-Applied": "return=representation"})
     return 204, {"OData-EntityId": entity_id, "Location": entity_id}, b""
 
 
