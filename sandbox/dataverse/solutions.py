@@ -219,7 +219,7 @@ class SolutionImports:
         declared = {r["id"] for r in m.roles}
         if task.upgrade:  # a stage-and-upgrade deletes the components the new version no longer has
             for role_id in [r for r, row in self.store.rows["roles"].items()
-                            if row["_solutionid_value"] == sid and row["_parentroleid_value"] is None
+                            if row["solutionid"] == sid and row["_parentroleid_value"] is None
                             and r not in declared]:
                 self.store.delete_role(role_id)
         for role in m.roles:
@@ -233,7 +233,7 @@ class SolutionImports:
 
     def uninstall(self, solution_id: str) -> None:
         for rid in [r for r, row in self.store.rows["roles"].items()
-                    if row["_solutionid_value"] == solution_id and row["_parentroleid_value"] is None]:
+                    if row["solutionid"] == solution_id and row["_parentroleid_value"] is None]:
             self.store.delete_role(rid)
         del self.store.rows["solutions"][solution_id]
 

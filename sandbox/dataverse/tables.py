@@ -27,6 +27,7 @@ from sandbox.dataverse.odata import (
 from sandbox.dataverse.protocol import (
     E_ETAG,
     E_HAS_USERSETTINGS,
+    E_PAYLOAD,
     ODataError,
     Result,
     bad_request,
@@ -50,9 +51,13 @@ def split_body(table: Table, body: dict, allowed: frozenset[str]) -> tuple[dict,
             continue
         if key.endswith("@odata.bind"):
             nav = key[: -len("@odata.bind")]
-            if nav not in table.binds:
-                raise bad_request(f"An undeclared property '{nav}' which only has property annotations in the "
-                                  "payload but no property value was found in the payload.")
+            if nav not in table.binds:  # Microsoft's troubleshooting page: 0x80048d19 around the OData error
+                raise ODataError(400, E_PAYLOAD, f"Error identified in Payload provided by the user for Entity "
+                                 f":'{table.entity_set}'  ---->  InnerException : Microsoft.OData.ODataException: An "
+                                 f"undeclared property '{nav}' which only has property annotations in the payload "
+                                 "but no property value was found in the payload. In OData, only declared navigation "
+                                 "properties and declared named streams can be represented as properties without "
+                                 "values.")
             m = re.fullmatch(rf"(?:.*/)?(\w+)\(({GUID_PATTERN})\)", str(value))
             if not m:
                 raise bad_request(f"The value '{value}' of {key} is not a valid entity reference.")
