@@ -50,7 +50,9 @@ class ControlClient:
     def respond(self, path: str, status: int, body: Any = None, headers: dict[str, str] | None = None,
                 **rule: Any) -> str:
         """Replay a recorded answer: the next `count` (default 1) authenticated requests matching `path`
-        (regex) and `method`/`org`/`after` get exactly this status, headers and body (JSON value or text)."""
+        (regex) and `method`/`org` (name or instance URL)/`after` get exactly this status, headers and body."""
+        if rule.get("org"):
+            rule["org"] = _org_name(rule["org"])  # a name or an instance URL
         return self.add_fault(path=path, respond={"status": status, "headers": headers or {}, "body": body}, **rule)
 
     def faults(self) -> list[dict[str, Any]]:

@@ -22,6 +22,14 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxHandle]
 
 
 @pytest.fixture
+def control(sandbox: SandboxHandle) -> Iterator[Any]:
+    """The sandbox's control API; the fault rules a test leaves are cleared after it (modules with their
+    own `control` fixture keep theirs)."""
+    yield sandbox.control
+    sandbox.control.clear_faults()
+
+
+@pytest.fixture
 def org(sandbox: SandboxHandle) -> str:
     """The instance URL of a new, freshly seeded organization (unique per test)."""
     return sandbox.control.add_org(f"t{uuid.uuid4().hex[:12]}")

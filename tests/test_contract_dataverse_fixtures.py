@@ -47,20 +47,10 @@ def fixture(name: str) -> dict[str, Any]:
     return ALL[name]
 
 
-@pytest.fixture
-def control(sandbox):
-    yield sandbox.control
-    sandbox.control.clear_faults()
-
-
-def org_name(org: str) -> str:
-    return org.rstrip("/").rsplit("/", 1)[-1]
-
-
 def replay(control, org: str, name: str, path: str, **rule: Any) -> None:
     """The fixture's answer, exactly, for the next request on `path` (a regex) to this organization."""
     response = fixture(name)["response"]
-    control.respond(path, response["status"], response["body"], response.get("headers") or {}, org=org_name(org),
+    control.respond(path, response["status"], response["body"], response.get("headers") or {}, org=org,
                     **rule)
 
 

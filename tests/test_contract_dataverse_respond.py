@@ -12,16 +12,6 @@ from dynamics_provider.errors import DataverseError
 from sandbox.testing import ControlError
 
 
-@pytest.fixture
-def control(sandbox):
-    yield sandbox.control
-    sandbox.control.clear_faults()
-
-
-def org_name(org: str) -> str:
-    return org.rstrip("/").rsplit("/", 1)[-1]
-
-
 def last_seq(sandbox) -> int:
     entries = sandbox.control.log()
     return entries[-1]["seq"] if entries else 0
@@ -37,7 +27,7 @@ def test_a_respond_rule_answers_exactly_the_recorded_status_headers_and_json_bod
     client = DataverseClient.for_instance(org, deployer)
     seq = last_seq(sandbox)
     control.respond(r"/WhoAmI$", 200, recorded, {"OData-Version": "4.0", "x-ms-service-request-id": "abc"},
-                    method="GET", org=org_name(org))
+                    method="GET", org=org)
     assert client.who_am_i() == recorded
     raw = client.request("GET", "WhoAmI")  # the rule was used up: the emulator answers again
     assert raw.json()["UserId"] != recorded["UserId"]
@@ -49,7 +39,7 @@ def test_a_respond_rule_answers_exactly_the_recorded_status_headers_and_json_bod
 
 def test_a_respond_rule_sends_its_headers_verbatim_and_a_text_body_without_a_content_type(sandbox, control, org):
     token = sandbox.control.issue_token(audience=org, client_id=sandbox.info["admin_client_id"])["access_token"]
-    control.respond(r"/WhoAmI$", 418, "plain words", {"X-Recorded": "yes", "Retry-After": "7"}, org=org_name(org))
+    control.respond(r"/WhoAmI$", 418, "plain words", {"X-Recorded": "yes", "Retry-After": "7"}, org=org)
     answer = requests.get(f"{org}/api/data/v9.2/WhoAmI", headers={"Authorization": f"Bearer {token}"},
                           verify=sandbox.info["ca_bundle"], timeout=20)
     assert (answer.status_code, answer.text) == (418, "plain words")
@@ -58,7 +48,7 @@ def test_a_respond_rule_sends_its_headers_verbatim_and_a_text_body_without_a_con
 
 
 def test_a_respond_rule_leaves_an_unauthenticated_request_to_the_services_own_401_and_stays(sandbox, control, org):
-    control.respond(r"/WhoAmI$", 200, {"recorded": True}, org=org_name(org))
+    control.respond(r"/WhoAmI$", 200, {"recorded": True}, org=org)
     anonymous = requests.get(f"{org}/api/data/v9.2/WhoAmI", verify=sandbox.info["ca_bundle"], timeout=20)
     assert anonymous.status_code == 401 and anonymous.headers["WWW-Authenticate"].startswith("Bearer ")
     assert [(rule["remaining"], rule["respond"]["status"]) for rule in control.faults()] == [(1, 200)]
@@ -67,7 +57,7 @@ def test_a_respond_rule_leaves_an_unauthenticated_request_to_the_services_own_40
 def test_a_respond_rule_with_after_lets_the_write_land_and_replaces_its_answer(sandbox, control, org, deployer):
     client = DataverseClient.for_instance(org, deployer)
     control.respond(r"/leads$", 400, {"error": {"code": "0x80040216", "message": "recorded failure"}},
-                    method="POST", org=org_name(org), after=True)
+                    method="POST", org=org, after=True)
     with pytest.raises(DataverseError) as failed:
         client.create("leads", {"subject": "respond-after"})
     assert failed.value.status == 400 and "recorded failure" in str(failed.value)

@@ -20,18 +20,8 @@ READ_LEAD = "a1b2c3d4-0000-4000-8000-0000000000aa"
 
 
 @pytest.fixture
-def control(sandbox):
-    yield sandbox.control
-    sandbox.control.clear_faults()
-
-
-@pytest.fixture
 def client(org, deployer):
     return DataverseClient.for_instance(org, deployer)
-
-
-def org_name(org: str) -> str:
-    return org.rstrip("/").rsplit("/", 1)[-1]
 
 
 def entries_since(sandbox, seq: int) -> list[dict]:
@@ -46,7 +36,7 @@ def last_seq(sandbox) -> int:
 
 def _privileges_answer(control, org, *entries, body=None):
     control.respond(r"/RetrieveRolePrivilegesRole\(", 200,
-                    body if body is not None else {"RolePrivileges": list(entries)}, org=org_name(org))
+                    body if body is not None else {"RolePrivileges": list(entries)}, org=org)
 
 
 @pytest.mark.parametrize(("depth", "expected"), [
@@ -87,7 +77,7 @@ def test_a_role_privileges_answer_not_understood_fails_naming_the_operation_and_
 def _completed_job(control, org, data):
     control.respond(r"/importjobs\(", 200, {"importjobid": str(uuid.uuid4()), "progress": 100.0,
                                             "completedon": "2026-01-01T00:00:00Z", "solutionname": "S", "data": data},
-                    org=org_name(org), method="GET")
+                    org=org, method="GET")
 
 
 def _follow(client):
@@ -156,7 +146,7 @@ def test_associating_a_role_the_user_already_has_is_done_whatever_refusal_comes_
         sandbox, control, org, client, status, body):
     user, role = _user_and_role(client)
     roles.assign_role(client, user, role)  # really assigned
-    control.respond(r"/systemuserroles_association/\$ref$", status, body, org=org_name(org), method="POST")
+    control.respond(r"/systemuserroles_association/\$ref$", status, body, org=org, method="POST")
     assert roles.assign_role(client, user, role) is None
     assert role in roles.role_ids_of(client, user)
 
@@ -166,7 +156,7 @@ def test_a_refused_association_of_a_role_the_user_does_not_have_is_raised(sandbo
     roles.unassign_role(client, user, role)
     control.respond(r"/systemuserroles_association/\$ref$", 400,
                     {"error": {"code": "0x80048d19", "message": "Error identified in Payload provided by the user."}},
-                    org=org_name(org), method="POST")
+                    org=org, method="POST")
     seq = last_seq(sandbox)
     with pytest.raises(BadRequest) as failed:
         roles.assign_role(client, user, role)
@@ -186,7 +176,7 @@ def test_a_401_with_or_without_a_challenge_gets_one_fresh_token_and_one_resend(s
                                                                                headers):
     client = DataverseClient.for_instance(org, deployer)
     client.who_am_i()
-    control.respond(r"/WhoAmI$", 401, "", headers, org=org_name(org), method="GET")
+    control.respond(r"/WhoAmI$", 401, "", headers, org=org, method="GET")
     seq = last_seq(sandbox)
     assert client.who_am_i()["UserId"]
     assert [e["status"] for e in entries_since(sandbox, seq)] == [401, 200]
@@ -194,7 +184,7 @@ def test_a_401_with_or_without_a_challenge_gets_one_fresh_token_and_one_resend(s
 
 def test_a_second_401_without_a_challenge_is_the_answer_not_a_loop(sandbox, control, org, deployer):
     client = DataverseClient.for_instance(org, deployer)
-    control.respond(r"/WhoAmI$", 401, "", {}, org=org_name(org), method="GET", count=5)
+    control.respond(r"/WhoAmI$", 401, "", {}, org=org, method="GET", count=5)
     seq = last_seq(sandbox)
     with pytest.raises(Unauthorized):
         client.who_am_i()
@@ -216,7 +206,7 @@ SECLIB = ("SecLib::AccessCheckEx failed. Returned hr = -2147220960, ObjectID: 00
     ("The user does not hold the necessary privileges.", "missing a privilege"),
 ])
 def test_each_wording_of_a_missing_privilege_is_diagnosed(sandbox, control, org, chain, message, named):  # noqa: F811
-    control.respond(r"/leads$", 403, {"error": {"code": "0x80040220", "message": message}}, org=org_name(org),
+    control.respond(r"/leads$", 403, {"error": {"code": "0x80040220", "message": message}}, org=org,
                     method="POST")
     assert named in diagnosis(sandbox, org, chain)
 
@@ -225,6 +215,6 @@ def test_user_not_enabled_for_an_enabled_user_is_not_mistaken_for_a_missing_priv
                                                                                        chain):  # noqa: F811
     control.respond(r"/leads$", 400, {"error": {"code": "0x80040225", "message": "The user with SystemUserId="
                                                 "x in OrganizationContext=y is disabled."}},
-                    org=org_name(org), method="POST")
+                    org=org, method="POST")
     text = diagnosis(sandbox, org, chain)
     assert "reports the lead writer's user as not enabled" in text and "missing" not in text
