@@ -321,6 +321,7 @@ def test_the_emulators_import_answer_and_finished_job_match_microsofts_recording
     assert (ours["statecode"], ours["statuscode"]) == (recorded["statecode"], recorded["statuscode"]) == (3, 30)
     assert ours["operationtype"] == recorded["operationtype"] == 54
     assert ours["messagename"] == recorded["messagename"] == "ImportSolutionAsync"
+    assert ours["name"] == recorded["name"] == "ImportSolution"
 
 
 def test_the_emulators_solution_query_answers_microsofts_keys_and_types(sandbox, org):

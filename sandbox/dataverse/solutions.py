@@ -97,7 +97,9 @@ class SolutionImports:
             # as the ImportSolutionAsync job Microsoft's Terraform provider recorded (contract/fixtures/
             # terraform-provider-power-platform/get-async-operation-succeeded.json); 202 is "Export Solution
             # Async Operation". StageAndUpgradeAsync's: the same (inferred, no recording).
-            "asyncoperationid": async_id, "name": action, "messagename": action, "operationtype": ASYNC_REQUEST,
+            # name "ImportSolution" as recorded for an ImportSolutionAsync job; a StageAndUpgradeAsync's inferred
+            "asyncoperationid": async_id, "name": action.removesuffix("Async"), "messagename": action,
+            "operationtype": ASYNC_REQUEST,
             "statecode": 0, "statuscode": 0, "message": None, "friendlymessage": None,
             "startedon": now, "completedon": None, "_ownerid_value": owner, "correlationid": str(uuid.uuid4())},
             created=True)
