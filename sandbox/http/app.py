@@ -27,6 +27,7 @@ from sandbox.common import (
     dataverse_error,
     segment_not_found,
 )
+from sandbox.contract import ContractGate
 from sandbox.dataverse import Organization
 from sandbox.dataverse.protocol import E_GENERIC, E_THROTTLED_REQUESTS
 from sandbox.entra import ENTRA_PATH, Directory, Entra, InvalidToken, caller_of, fault_error
@@ -72,6 +73,7 @@ class SandboxApp:
         self.files = HostedFiles(base_url)
         self.partner_center = PartnerCenter(self.directory, self.settings, self.partner_center_url)
         self.control = ControlApi(self)
+        self.contract = ContractGate()  # contract/register.yaml: every request must be one of its operations
         self._lock = threading.RLock()
         self._orgs: dict[str, Organization] = {}
         # path → (log kind, handler); the first pattern that matches wins
@@ -158,9 +160,11 @@ class SandboxApp:
         for pattern, kind, handler in self._routes:
             if m := pattern.match(request.path):
                 entry["kind"] = kind
+                if kind != "control" and (refusal := self.contract.refuse(request, kind, m, entry)):
+                    return refusal
                 return handler(request, entry, m)
         entry["kind"] = "unknown"
-        return segment_not_found(request.path)
+        return self.contract.refuse(request, "unknown", None, entry) or segment_not_found(request.path)
 
     def _control(self, request: Request, entry: dict[str, Any], m: re.Match[str]) -> Response:
         return self.control.handle(request, m.group(1) or "")
