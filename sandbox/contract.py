@@ -388,3 +388,58 @@ class ContractGate:
             return json_response({"error": "invalid_request" if verdict.status == 400 else "not_in_contract",
                                   "error_description": message}, verdict.status)
         return dataverse_error(verdict.status, verdict.code, message)
+
+
+# ----- what the register claims about answers ------------------------------------------------------
+def field_leaf(field_name: str) -> str:
+    """The key a response field names: `a[].b.c` → `c`, `@odata.nextLink` → itself."""
+    last = field_name.split("[].")[-1]
+    return last if last.startswith("@") else last.split(".")[-1]
+
+
+def quoted_names(entry: Mapping[str, Any]) -> set[str]:
+    """Every name the entry's Microsoft sources quote."""
+    names: set[str] = set()
+    for source in entry.get("sources") or []:
+        names.update(str(n) for n in source.get("quoted") or [])
+    return names
+
+
+def fixture_names(fixtures_dir: str | Path) -> dict[str, set[str]]:
+    """Per operation id, the keys of the Microsoft-published answers under contract/fixtures/ (each file:
+    {provenance, operation, request, response}; keys at any depth of response.body)."""
+    found: dict[str, set[str]] = {}
+
+    def walk(value: Any, into: set[str]) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                into.add(str(key))
+                walk(inner, into)
+        elif isinstance(value, list):
+            for inner in value:
+                walk(inner, into)
+
+    for path in sorted(Path(fixtures_dir).glob("*/*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and isinstance(data.get("operation"), str):
+            walk((data.get("response") or {}).get("body"), found.setdefault(data["operation"], set()))
+    return found
+
+
+def undocumented_fields(register: Register, fixtures: Mapping[str, set[str]]) -> list[str]:
+    """'<operation>: <field>' for each response field the client reads that neither a source of its entry
+    quotes, nor a Microsoft-published answer of that operation carries, nor `fields_inferred` explains.
+    Dataverse names compare without case (a column's logical name is its schema name in lower case);
+    other services' JSON keys are case-sensitive (Partner Center's jobId / jobID)."""
+    missing = []
+    for op in register.operations:
+        if op.entry.get("inferred"):
+            continue  # an inferred operation claims no documented answer; its reason is in the entry
+        explained = {k for k, why in (op.entry.get("fields_inferred") or {}).items() if str(why).strip()}
+        known = quoted_names(op.entry) | fixtures.get(op.id, set())
+        fold = (lambda name: name.lower()) if op.service == "dataverse" else (lambda name: name)
+        known_folded = {fold(n) for n in known}
+        for name in sorted(op.fields):
+            if name not in explained and fold(field_leaf(name)) not in known_folded:
+                missing.append(f"{op.id}: {name}")
+    return missing
