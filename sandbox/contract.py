@@ -367,13 +367,12 @@ class ContractGate:
         self.register = register or default_register()
         self.violations = violations or ViolationLog()
 
-    def refuse(self, request: Any, service: str, match: re.Match[str] | None, entry: dict[str, Any]) -> Any:
-        """None when `request` (a werkzeug Request) may go on to its emulator, else the answer to send."""
+    def refuse(self, request: Any, service: str, relative: str, entry: dict[str, Any]) -> Any:
+        """None when `request` (a werkzeug Request) may go on to its emulator, else the answer to send;
+        `relative` is its path under the service's base."""
         from sandbox.common import dataverse_error, json_response
 
-        relative = (match.groups()[-1] or "") if service in ("dataverse", "partnercenter") and match else \
-            request.path.lstrip("/")
-        sent = Request(service, request.method.upper(), relative, tuple(request.args.items(multi=True)),
+        sent = Request(service, request.method.upper(), relative.lstrip("/"), tuple(request.args.items(multi=True)),
                        request.get_data(), request.headers.get("Content-Type", ""))
         verdict = self.register.check(sent)
         entry["operation"] = verdict.operation

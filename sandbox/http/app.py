@@ -73,7 +73,9 @@ class SandboxApp:
         self.files = HostedFiles(base_url)
         self.partner_center = PartnerCenter(self.directory, self.settings, self.partner_center_url)
         self.control = ControlApi(self)
-        self.contract = ContractGate()  # contract/register.yaml: every request must be one of its operations
+        # contract/register.yaml: every request an emulator would serve must be one of its operations (checked
+        # after the fault rules: an injected answer, a replayed Microsoft example included, is no emulator's)
+        self.contract = ContractGate()
         self._lock = threading.RLock()
         self._orgs: dict[str, Organization] = {}
         # path → (log kind, handler); the first pattern that matches wins
@@ -160,11 +162,9 @@ class SandboxApp:
         for pattern, kind, handler in self._routes:
             if m := pattern.match(request.path):
                 entry["kind"] = kind
-                if kind != "control" and (refusal := self.contract.refuse(request, kind, m, entry)):
-                    return refusal
                 return handler(request, entry, m)
         entry["kind"] = "unknown"
-        return self.contract.refuse(request, "unknown", None, entry) or segment_not_found(request.path)
+        return self.contract.refuse(request, "unknown", request.path, entry) or segment_not_found(request.path)
 
     def _control(self, request: Request, entry: dict[str, Any], m: re.Match[str]) -> Response:
         return self.control.handle(request, m.group(1) or "")
@@ -174,6 +174,8 @@ class SandboxApp:
         self.log.note_caller(entry, caller_of(request))
         if fault := self.faults.apply(request, entry, self._entra_fault(request)):
             return fault
+        if refusal := self.contract.refuse(request, "entra", request.path, entry):
+            return refusal
         return self.entra.handle(request, int(self.settings.token_lifetime_seconds), self.resource_known)
 
     @staticmethod
@@ -188,6 +190,8 @@ class SandboxApp:
     def _file(self, request: Request, entry: dict[str, Any], m: re.Match[str]) -> Response:
         if fault := self.faults.apply(request, entry, self._envelope_fault):
             return fault
+        if refusal := self.contract.refuse(request, "files", request.path, entry):
+            return refusal
         return self.files.serve(request, m.group(1))
 
     @staticmethod
@@ -215,6 +219,8 @@ class SandboxApp:
             return self._unauthenticated(entry, audience, "injected fault") if fault.status_code == 401 else fault
         if caller is None:
             return self._unauthenticated(entry, audience, problem)
+        if refusal := self.contract.refuse(request, entry["kind"], subpath, entry):
+            return refusal
         target = target_of()
         if target is None:
             return segment_not_found(request.path)
