@@ -14,7 +14,10 @@ with its Microsoft source — before any emulator sees it.
 - A deliberate negative request of a sandbox test (a path nobody serves, a parameter an action does not
   have) is listed under `probes` in the register, with the test that sends it and why: the contract
   check steps aside and the emulator answers it as it answers any wrong request. A probe names exact
-  paths or names, so the program cannot hide behind one.
+  paths or names, and applies only to requests the program's own clients did not send (their
+  User-Agent: `lead-destination`, azure-identity's `azsdk-python-identity`) unless it says `sender: any`
+  — so the program cannot hide behind one (the .NET SDK's PrivilegeId, probed by a test, is still
+  refused when the client sends it).
 
 Only names are checked here; values, required parameters and the semantics are the emulators'.
 """
@@ -38,6 +41,7 @@ import yaml
 REGISTER_PATH = Path(__file__).resolve().parent.parent / "contract" / "register.yaml"
 VIOLATIONS_ENV = "SANDBOX_CONTRACT_VIOLATIONS"
 SERVICES = ("dataverse", "entra", "partnercenter", "files")
+PROGRAM_AGENTS = ("lead-destination", "azsdk-python-identity")  # User-Agents of the program's own clients
 KINDS = ("read", "create", "update", "delete", "action", "function", "ref", "batch", "token", "metadata",
          "download")
 GUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -84,7 +88,7 @@ class Operation:
     method: str
     path: str
     kind: str
-    pattern: re.Pattern[str]
+    patterns: tuple[re.Pattern[str], ...]
     parameters: frozenset[str]
     properties: frozenset[str]
     query: frozenset[str]
@@ -105,6 +109,10 @@ class Probe:
     names: frozenset[str]
     sent_by: str
     why: str
+    sender: str = "tests"  # "tests": not from the program's own clients; "any": a test drives the program's client
+
+    def covers(self, request: Request) -> bool:
+        return self.sender == "any" or not request.user_agent.startswith(PROGRAM_AGENTS)
 
 
 @dataclass(frozen=True)
@@ -136,6 +144,7 @@ class Request:
     args: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
     content_type: str = ""
+    user_agent: str = ""
 
 
 class Register:
@@ -156,6 +165,12 @@ class Register:
             self.operations.append(op)
         self.probes = [self._probe(index, entry) for index, entry in enumerate(data.get("probes") or [])]
         known = {op.id for op in self.operations}
+        self.fixture_groups: dict[str, Mapping[str, Any]] = dict(data.get("fixture_groups") or {})
+        for group, spec in self.fixture_groups.items():
+            if group in known or not isinstance(spec, Mapping) or not str(spec.get("why", "")).strip():
+                raise RegisterError(f"{source}: fixture group {group} needs a `why` and an id no operation has")
+            if unknown := set(spec.get("covers") or []) - known:
+                raise RegisterError(f"{source}: fixture group {group} covers unknown operation(s) {sorted(unknown)}")
         for probe in self.probes:
             if probe.operation is not None and probe.operation not in known:
                 raise RegisterError(f"{source}: probe {probe.id} names unknown operation {probe.operation}")
@@ -177,17 +192,18 @@ class Register:
         if service not in SERVICES or not re.fullmatch(r"[a-z]+\.[A-Z][A-Za-z0-9]+", op_id):
             raise RegisterError(f"{self.source}: {op_id}: id must be <service>.<Name>, service one of {SERVICES}")
         for key in ("method", "path", "kind"):
-            if not isinstance(entry.get(key), str):
+            if not isinstance(entry.get(key), str) and not (key == "path" and isinstance(entry.get(key), list)):
                 raise RegisterError(f"{self.source}: {op_id}: `{key}` is missing")
         if entry["kind"] not in KINDS:
             raise RegisterError(f"{self.source}: {op_id}: kind {entry['kind']!r} is not one of {KINDS}")
+        templates = entry["path"] if isinstance(entry["path"], list) else [entry["path"]]
         try:
-            pattern = compile_path(entry["path"])
+            patterns = tuple(compile_path(str(t)) for t in templates)
         except re.error as exc:
             raise RegisterError(f"{self.source}: {op_id}: path does not compile: {exc}") from None
         return Operation(
-            id=op_id, service=service, method=entry["method"].upper(), path=entry["path"], kind=entry["kind"],
-            pattern=pattern, parameters=_names(entry.get("parameters")), properties=_names(entry.get("properties")),
+            id=op_id, service=service, method=entry["method"].upper(), path=" | ".join(templates), kind=entry["kind"],
+            patterns=patterns, parameters=_names(entry.get("parameters")), properties=_names(entry.get("properties")),
             query=_names(entry.get("query")), fields=_names(entry.get("response_fields")),
             expand=_names(entry.get("expand")), entry=entry)
 
@@ -199,21 +215,26 @@ class Register:
                 raise RegisterError(f"{self.source}: {entry['id']}: `{key}` is missing")
         if not entry.get("path") and not (entry.get("operation") and entry.get("names")):
             raise RegisterError(f"{self.source}: {entry['id']}: a probe names a path, or an operation and its names")
+        if entry.get("sender", "tests") not in ("tests", "any"):
+            raise RegisterError(f"{self.source}: {entry['id']}: sender is tests or any")
         return Probe(id=entry["id"], service=entry["service"], method=entry["method"].upper(),
                      pattern=compile_path(entry["path"]) if entry.get("path") else None,
                      operation=entry.get("operation"), names=_names(entry.get("names")),
-                     sent_by=entry["sent_by"], why=entry["why"])
+                     sent_by=entry["sent_by"], why=entry["why"], sender=entry.get("sender", "tests"))
 
     # ----- matching -------------------------------------------------------------------------------
     def operation_for(self, service: str, method: str, path: str) -> tuple[Operation, re.Match[str]] | None:
         for op in self.operations:
-            if op.service == service and op.method == method and (m := op.pattern.fullmatch(path)):
-                return op, m
+            if op.service == service and op.method == method:
+                for pattern in op.patterns:
+                    if m := pattern.fullmatch(path):
+                        return op, m
         return None
 
     def _path_probe(self, request: Request) -> Probe | None:
         return next((p for p in self.probes if p.pattern is not None and p.service == request.service
-                     and p.method == request.method and p.pattern.fullmatch(request.path)), None)
+                     and p.method == request.method and p.pattern.fullmatch(request.path) and p.covers(request)),
+                    None)
 
     def check(self, request: Request) -> Verdict:
         """The verdict on one request (a $batch: on each of its parts; the first problem wins)."""
@@ -226,46 +247,59 @@ class Register:
         refusal = self._names_problem(op, match, request)
         if refusal is None:
             return self._batch(op, request) if op.kind == "batch" else Verdict(op.id)
-        problem, status, unknown, said = refusal
-        probe = next((p for p in self.probes if p.operation == op.id and unknown and unknown <= p.names), None)
-        return Verdict(op.id, problem, status, "0x0" if status == 400 else "NotInContract",
-                       probe.id if probe else None, said)
+        problem, status, unknown, said, code = refusal
+        probe = next((p for p in self.probes
+                      if p.operation == op.id and unknown and unknown <= p.names and p.covers(request)), None)
+        return Verdict(op.id, problem, status, code, probe.id if probe else None, said)
 
     def _names_problem(self, op: Operation, match: re.Match[str],
-                       request: Request) -> tuple[str, int, frozenset[str], str | None] | None:
+                       request: Request) -> tuple[str, int, frozenset[str], str | None, str] | None:
         """None when every name the request carries is registered, else (problem, status, the unknown
-        names, the service's words). The words of a Dataverse 400 are those seen from the Web API: an
-        unknown $select column (verbb/formie#1185), an unknown property in a body
-        (MicrosoftDocs/dynamics-365-customer-engagement#1461); an unknown action parameter's sentence is
-        the sandbox's (inferred; users.py says the same for SetBusinessSystemUser)."""
+        names, the service's words, the service's code). A Dataverse refusal says what the emulator says
+        for the same mistake (docs/sandbox.md): an unknown column or property "Could not find a property
+        named …" (seen: verbb/formie#1185), an undeclared navigation property and an unknown action
+        parameter the 0x80048d19 payload error of Microsoft's troubleshooting page, an unknown function
+        parameter "Request message has unresolved parameters." ("Use Web API actions")."""
         names = [k for k, _ in request.args]
         aliases = {k for k in names if k.startswith("@") and op.kind == "function"}
         unknown = frozenset(k for k in names if k not in op.query and k not in aliases)
         if unknown:
-            return f"{op.id}: query option(s) {', '.join(sorted(unknown))} not in the register", 501, unknown, None
+            return (f"{op.id}: query option(s) {', '.join(sorted(unknown))} not in the register", 501, unknown, None,
+                    "NotInContract")
         args = dict(request.args)
         entity = request.path.split("(", 1)[0].split("/", 1)[0].removesuffix("s")
         if "$select" in args:
             columns = frozenset(c.strip() for c in args["$select"].split(",") if c.strip())
             if extra := columns - op.fields:
                 return (f"{op.id}: $select column(s) {', '.join(sorted(extra))} not among its response fields", 400,
-                        extra, f"Could not find a property named '{min(extra)}' on type 'Microsoft.Dynamics.CRM.{entity}'.")
+                        extra, _not_found(min(extra), entity), E_BAD)
         if "$expand" in args:
             navs = frozenset(re.split(r"[(]", part, maxsplit=1)[0].strip() for part in _top_level(args["$expand"]))
             if extra := navs - op.expand:
                 return (f"{op.id}: $expand of {', '.join(sorted(extra))} not in the register", 400, extra,
-                        f"Could not find a property named '{min(extra)}' on type 'Microsoft.Dynamics.CRM.{entity}'.")
+                        _not_found(min(extra), entity), E_BAD)
         sent = self._sent_names(op, match, request)
         parameters = op.kind in ("action", "function", "token")
         extra = (sent or frozenset()) - (op.parameters if parameters else op.properties)
         if not extra:
             return None
+        first = min(extra)
         name = op.id.split(".", 1)[1]
-        said = (f"The parameter '{min(extra)}' in the request payload is not a valid parameter for the operation "
-                f"'{name}'." if parameters else "An error occurred while validating input parameters: "
-                "Microsoft.OData.ODataException: Does not support untyped value in non-open type.")
+        if op.kind == "action":
+            said, code = _payload_error(f"The parameter '{first}' in the request payload is not a valid parameter "
+                                        f"for the operation '{name}'."), E_PAYLOAD
+        elif op.kind == "function":
+            said, code = "Request message has unresolved parameters.", E_BAD
+        elif first.endswith("@odata.bind"):
+            said, code = _payload_error(f"An undeclared property '{first.removesuffix('@odata.bind')}' which only has "
+                                        "property annotations in the payload but no property value was found in the "
+                                        "payload."), E_PAYLOAD
+        else:
+            said, code = _not_found(first, entity), E_BAD
+        if op.service != "dataverse":
+            code = "invalid_request" if op.kind == "token" else "BadRequest"
         what = "parameter(s)" if parameters else "property(ies)"
-        return f"{op.id}: {what} {', '.join(sorted(extra))} not in the register", 400, extra, said
+        return f"{op.id}: {what} {', '.join(sorted(extra))} not in the register", 400, extra, said, code
 
     @staticmethod
     def _sent_names(op: Operation, match: re.Match[str], request: Request) -> frozenset[str] | None:
@@ -298,10 +332,25 @@ class Register:
             path = unquote(url.path)
             path = path.split(_API_PREFIX, 1)[1] if _API_PREFIX in path else path.lstrip("/")
             inner = self.check(Request("dataverse", part.method, path, tuple(parse_qsl(url.query, keep_blank_values=True)),
-                                       part.body, part.headers.get("content-type", "")))
+                                       part.body, part.headers.get("content-type", ""), request.user_agent))
             if inner.problem is not None and inner.probe is None:
                 return Verdict(op.id, f"$batch part {part.method} {path}: {inner.problem}", inner.status, inner.code)
         return Verdict(op.id)
+
+
+E_BAD, E_PAYLOAD = "0x0", "0x80048d19"
+
+
+def _not_found(name: str, entity: str) -> str:
+    return f"Could not find a property named '{name}' on type 'Microsoft.Dynamics.CRM.{entity}'."
+
+
+def _payload_error(inner: str) -> str:
+    """Dataverse's 0x80048d19 wrapper around an OData payload error (Microsoft's "Troubleshoot Dataverse Web
+    API client errors")."""
+    return ("Error identified in Payload provided by the user for Entity :'', For more information on this error "
+            "please follow this help link https://go.microsoft.com/fwlink/?linkid=2195293  ---->  InnerException : "
+            f"Microsoft.OData.ODataException: {inner}")
 
 
 def _top_level(text: str) -> Iterable[str]:
@@ -373,7 +422,7 @@ class ContractGate:
         from sandbox.common import dataverse_error, json_response
 
         sent = Request(service, request.method.upper(), relative.lstrip("/"), tuple(request.args.items(multi=True)),
-                       request.get_data(), request.headers.get("Content-Type", ""))
+                       request.get_data(), request.headers.get("Content-Type", ""), request.headers.get("User-Agent", ""))
         verdict = self.register.check(sent)
         entry["operation"] = verdict.operation
         if verdict.probe:
@@ -436,6 +485,9 @@ def undocumented_fields(register: Register, fixtures: Mapping[str, set[str]]) ->
             continue  # an inferred operation claims no documented answer; its reason is in the entry
         explained = {k for k, why in (op.entry.get("fields_inferred") or {}).items() if str(why).strip()}
         known = quoted_names(op.entry) | fixtures.get(op.id, set())
+        for group, spec in register.fixture_groups.items():
+            if op.id in (spec.get("covers") or []):
+                known |= fixtures.get(group, set())
         fold = (lambda name: name.lower()) if op.service == "dataverse" else (lambda name: name)
         known_folded = {fold(n) for n in known}
         for name in sorted(op.fields):

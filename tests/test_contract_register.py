@@ -74,7 +74,7 @@ def test_every_operation_names_its_microsoft_source_with_the_names_quoted_or_why
             problems.append(f"{op.id}: statuses must list the HTTP statuses the client handles")
     for probe in register.probes:
         test_file = ROOT / probe.sent_by.split(" ", 1)[0].split("::", 1)[0]
-        if not test_file.is_file():
+        if not test_file.is_file() and "(branch " not in probe.sent_by:  # a branch not merged yet says so
             problems.append(f"{probe.id}: sent_by {probe.sent_by!r} names no test file")
     assert problems == []
 
@@ -106,9 +106,16 @@ def test_the_register_matches_the_documented_removeprivilegerole_form_and_refuse
     documented = register.check(Request("dataverse", "POST", path, (), json.dumps(
         {"Privilege": {"@odata.type": "Microsoft.Dynamics.CRM.privilege", "privilegeid": str(uuid.uuid4())}}).encode()))
     assert documented.operation == "dataverse.RemovePrivilegeRole" and documented.problem is None
-    sdk_form = register.check(Request("dataverse", "POST", path, (), json.dumps({"PrivilegeId": str(uuid.uuid4())}).encode()))
-    assert sdk_form.refused and (sdk_form.status, sdk_form.code) == (400, "0x0")
-    assert "PrivilegeId" in sdk_form.problem
+    sdk_body = json.dumps({"PrivilegeId": str(uuid.uuid4())}).encode()
+    sdk_form = register.check(Request("dataverse", "POST", path, (), sdk_body, "application/json", "lead-destination"))
+    assert sdk_form.refused and (sdk_form.status, sdk_form.code) == (400, "0x80048d19")
+    assert "The parameter 'PrivilegeId' in the request payload is not a valid parameter" in sdk_form.said
+    # a test's own deliberate PrivilegeId (probe.RemovePrivilegeRoleSdkParameter) is left to the emulator …
+    probed = register.check(Request("dataverse", "POST", path, (), sdk_body, "application/json", "python-requests/2"))
+    assert probed.probe == "probe.RemovePrivilegeRoleSdkParameter" and not probed.refused
+    # … but no probe covers a name it does not list
+    other = register.check(Request("dataverse", "POST", path, (), b'{"PrivilegeIds": []}', "", "python-requests/2"))
+    assert other.refused
 
 
 # ----- response fields ---------------------------------------------------------------------------------
@@ -116,7 +123,7 @@ def test_every_response_field_the_client_reads_is_quoted_from_microsoft_or_in_a_
     register = Register.load()
     fixtures = fixture_names(FIXTURES)
     assert undocumented_fields(register, fixtures) == []
-    known = {op.id for op in register.operations}
+    known = {op.id for op in register.operations} | set(register.fixture_groups)
     assert sorted(set(fixtures) - known) == [], "fixtures name operations the register does not have"
 
 
@@ -191,7 +198,7 @@ def test_an_action_parameter_the_register_does_not_list_is_refused_as_dataverse_
     role_id = str(uuid.uuid4())
     with pytest.raises(BadRequest) as err:
         client.action("RemovePrivilegeRole", {"PrivilegeId": str(uuid.uuid4())}, bound=("roles", role_id))
-    assert err.value.code == "0x0"
+    assert err.value.code == "0x80048d19"  # Dataverse's payload error, as the emulator answers it
     assert ("The parameter 'PrivilegeId' in the request payload is not a valid parameter for the operation "
             "'RemovePrivilegeRole'.") in err.value.message
     assert [v["problem"] for v in _mine(record, "test_an_action_parameter")] == [
@@ -212,13 +219,14 @@ def test_an_entity_property_or_a_select_column_the_register_does_not_list_is_ref
     client = _client(handle)
     with pytest.raises(BadRequest) as err:
         client.create("leads", {"subject": "MSFT_TEST_1", "nosuchcolumn": "x"})
-    assert err.value.code == "0x0" and "Does not support untyped value in non-open type" in err.value.message
+    assert err.value.code == "0x0"
+    assert "Could not find a property named 'nosuchcolumn' on type 'Microsoft.Dynamics.CRM.lead'" in err.value.message
     with pytest.raises(BadRequest) as err:
         client.query("systemusers", select=["systemuserid", "nosuchcolumn"])
     assert "Could not find a property named 'nosuchcolumn' on type 'Microsoft.Dynamics.CRM.systemuser'" in err.value.message
     problems = [v["problem"] for v in _mine(record, "test_an_entity_property_or_a_select_column")]
     assert problems == ["dataverse.CreateLead: property(ies) nosuchcolumn not in the register",
-                        "dataverse.RetrieveSystemUsers: $select column(s) nosuchcolumn not among its response fields"]
+                        "dataverse.QuerySystemUsers: $select column(s) nosuchcolumn not among its response fields"]
 
 
 def test_a_batch_part_not_in_the_register_refuses_the_whole_batch(isolated):
@@ -263,7 +271,7 @@ def test_the_session_sandbox_logs_the_register_operation_of_every_request(sandbo
     who = client.who_am_i()
     client.query("systemusers", select=["systemuserid"], filter=f"systemuserid eq {who['UserId']}")
     entries = [e for e in sandbox.control.log() if e["kind"] != "control"]
-    assert {e["operation"] for e in entries} >= {"dataverse.WhoAmI", "dataverse.RetrieveSystemUsers"}
+    assert {e["operation"] for e in entries} >= {"dataverse.WhoAmI", "dataverse.QuerySystemUsers"}
     assert all(e.get("operation") and "contract" not in e for e in entries)
     assert os.environ.get(VIOLATIONS_ENV), "the conftest names the session's violations file"
 
