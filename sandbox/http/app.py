@@ -27,6 +27,7 @@ from sandbox.common import (
     dataverse_error,
     segment_not_found,
 )
+from sandbox.contract import ContractGate
 from sandbox.dataverse import Organization
 from sandbox.dataverse.protocol import E_GENERIC, E_THROTTLED_REQUESTS
 from sandbox.entra import ENTRA_PATH, Directory, Entra, InvalidToken, caller_of, fault_error
@@ -72,6 +73,9 @@ class SandboxApp:
         self.files = HostedFiles(base_url)
         self.partner_center = PartnerCenter(self.directory, self.settings, self.partner_center_url)
         self.control = ControlApi(self)
+        # contract/register.yaml: every request an emulator would serve must be one of its operations (checked
+        # after the fault rules: an injected answer, a replayed Microsoft example included, is no emulator's)
+        self.contract = ContractGate()
         self._lock = threading.RLock()
         self._orgs: dict[str, Organization] = {}
         # path → (log kind, handler); the first pattern that matches wins
@@ -160,7 +164,7 @@ class SandboxApp:
                 entry["kind"] = kind
                 return handler(request, entry, m)
         entry["kind"] = "unknown"
-        return segment_not_found(request.path)
+        return self.contract.refuse(request, "unknown", request.path, entry) or segment_not_found(request.path)
 
     def _control(self, request: Request, entry: dict[str, Any], m: re.Match[str]) -> Response:
         return self.control.handle(request, m.group(1) or "")
@@ -170,6 +174,8 @@ class SandboxApp:
         self.log.note_caller(entry, caller_of(request))
         if fault := self.faults.apply(request, entry, self._entra_fault(request)):
             return fault
+        if refusal := self.contract.refuse(request, "entra", request.path, entry):
+            return refusal
         return self.entra.handle(request, int(self.settings.token_lifetime_seconds), self.resource_known)
 
     @staticmethod
@@ -184,6 +190,8 @@ class SandboxApp:
     def _file(self, request: Request, entry: dict[str, Any], m: re.Match[str]) -> Response:
         if fault := self.faults.apply(request, entry, self._envelope_fault):
             return fault
+        if refusal := self.contract.refuse(request, "files", request.path, entry):
+            return refusal
         return self.files.serve(request, m.group(1))
 
     @staticmethod
@@ -213,6 +221,8 @@ class SandboxApp:
             return self._unauthenticated(entry, audience, "injected fault") if fault.status_code == 401 else fault
         if caller is None:
             return self._unauthenticated(entry, audience, problem)
+        if refusal := self.contract.refuse(request, entry["kind"], subpath, entry):
+            return refusal
         target = target_of()
         if target is None:
             return segment_not_found(request.path)
