@@ -58,7 +58,8 @@ _table(Table("systemuser", "systemusers", "systemuserid", "SystemUser",
              navigations=frozenset({"systemuserroles_association"})))
 _table(Table("role", "roles", "roleid", "Role",
              {"roleid": GUID, "name": STR, "_businessunitid_value": GUID, "_parentrootroleid_value": GUID,
-              "_parentroleid_value": GUID, "ismanaged": BOOL, "_solutionid_value": GUID, **_COMMON},
+              "_parentroleid_value": GUID, "ismanaged": BOOL, "_solutionid_value": GUID,
+              "_roletemplateid_value": GUID, **_COMMON},
              navigations=frozenset({"systemuserroles_association"})))
 _table(Table("solution", "solutions", "solutionid", "Solution",
              {"solutionid": GUID, "uniquename": STR, "friendlyname": STR, "version": STR, "ismanaged": BOOL,
