@@ -9,13 +9,13 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fleet.doctor import CHECKS, printable, run_doctor
 from fleet.onboard import Row, onboard, read_inventory, set_path
-from fleet.progress import progress_for
+from fleet.progress import Progress, progress_for
 from fleet.report import (
     DRIFTED,
     FAILED,
@@ -162,26 +162,38 @@ def _reports(args: argparse.Namespace, verb: str, results: list[StackResult], se
         print(f"Markdown report: {args.markdown}")
 
 
-def _run(ws: Workspace, args: argparse.Namespace) -> int:
+def _stacks_to_run(ws: Workspace, args: argparse.Namespace) -> list[str]:
     if args.parallel < 1:
         raise FleetError("--parallel must be at least 1")
     names = ws.select(args.patterns)
     if not names:
         raise FleetError("the project has no stacks yet: fleet add NAME --instance-url URL, or fleet add --from FILE")
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    log_dir = (args.log_dir or ws.dir / ".fleet" / "logs" / f"{stamp}-{args.command}").resolve()
+    return names
+
+
+def _with_progress(args: argparse.Namespace, names: list[str], note: str,
+                   work: Callable[[Progress], list[StackResult]]) -> tuple[list[StackResult], float, bool]:
+    """`work` under the command's progress display: (results, seconds, interrupted by Ctrl-C)."""
     progress = progress_for(args.command, names)
-    progress.start(min(args.parallel, len(names)), f"; logs in {log_dir}")
+    progress.start(min(args.parallel, len(names)), note)
     started = time.monotonic()
-    interrupted = False
     try:
-        results = run_fleet(ws, names, args.command, parallel=args.parallel, log_dir=log_dir, progress=progress,
-                            refresh=args.refresh)
+        results, interrupted = work(progress), False
     except Interrupted as stop:
         results, interrupted = stop.results, True
     finally:
         progress.close()
-    seconds = time.monotonic() - started
+    return results, time.monotonic() - started, interrupted
+
+
+def _run(ws: Workspace, args: argparse.Namespace) -> int:
+    names = _stacks_to_run(ws, args)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    log_dir = (args.log_dir or ws.dir / ".fleet" / "logs" / f"{stamp}-{args.command}").resolve()
+    results, seconds, interrupted = _with_progress(
+        args, names, f"; logs in {log_dir}",
+        lambda progress: run_fleet(ws, names, args.command, parallel=args.parallel, log_dir=log_dir,
+                                   progress=progress, refresh=args.refresh))
     print(headline(args.command, results, seconds) + (" (interrupted)" if interrupted else ""))
     _reports(args, args.command, results, seconds, log_dir)
     if interrupted:
@@ -268,22 +280,9 @@ def _status(ws: Workspace, args: argparse.Namespace) -> int:
 
 
 def _doctor(ws: Workspace, args: argparse.Namespace) -> int:
-    if args.parallel < 1:
-        raise FleetError("--parallel must be at least 1")
-    names = ws.select(args.patterns)
-    if not names:
-        raise FleetError("the project has no stacks yet: fleet add NAME --instance-url URL, or fleet add --from FILE")
-    progress = progress_for("doctor", names)
-    progress.start(min(args.parallel, len(names)), "; read-only")
-    started = time.monotonic()
-    interrupted = False
-    try:
-        results = run_doctor(ws, names, parallel=args.parallel, progress=progress)
-    except Interrupted as stop:
-        results, interrupted = stop.results, True
-    finally:
-        progress.close()
-    seconds = time.monotonic() - started
+    names = _stacks_to_run(ws, args)
+    results, seconds, interrupted = _with_progress(
+        args, names, "; read-only", lambda progress: run_doctor(ws, names, parallel=args.parallel, progress=progress))
     print()
     for result in results:
         print("\n".join(printable(result)))

@@ -18,10 +18,8 @@ do) or skipped (and why). Requests: token requests, then GETs only (Dataverse, P
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +41,7 @@ from dynamics_provider.solution_source import Manifest, cached, read_manifest
 from dynamics_provider.tokens import client_secret_tokens, deployer_tokens
 from fleet.progress import Progress
 from fleet.report import DRIFTED, FAIL, FAILED, IN_SYNC, OK, SKIPPED, WARN, Check, StackResult, one_line
-from fleet.runner import Interrupted
+from fleet.runner import run_each
 from fleet.workspace import Workspace, first_error_line
 
 CHECKS = ("configuration", "deployer-sign-in", "web-api", "system-administrator", "solution", "role", "privileges",
@@ -391,35 +389,10 @@ def _offer(run: _Run) -> None:
 
 # --- many stacks ----------------------------------------------------------------------------------------
 def run_doctor(ws: Workspace, names: Sequence[str], *, parallel: int, progress: Progress) -> list[StackResult]:
-    """`diagnose` every stack, `parallel` at a time; results in `names` order. Ctrl-C: the checks running
-    finish (each read is bounded), stacks not started are reported failed as not run (Interrupted)."""
-    results: dict[str, StackResult] = {}
-    lock = threading.Lock()
-
-    def one(name: str) -> StackResult:
-        progress.started(name)
-        result = diagnose_stack(ws, name, lambda text: progress.activity(name, text))
-        with lock:
-            results[name] = result
-        progress.finished(result)
-        return result
-
-    pool = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="doctor")
-    futures: dict[Future[StackResult], str] = {pool.submit(one, n): n for n in names}
-    try:
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            for future in done:
-                future.result()
-    except KeyboardInterrupt:
-        pool.shutdown(wait=True, cancel_futures=True)
-        with lock:
-            final = [results.get(n) or StackResult(n, FAILED, error="not run: interrupted") for n in names]
-        raise Interrupted(final) from None
-    finally:
-        pool.shutdown(wait=True)
-    return [results[n] for n in names]
+    """`diagnose_stack` of every stack, `parallel` at a time; results in `names` order. Ctrl-C: the checks
+    running finish (each read is bounded), stacks not started are reported failed as not run (Interrupted)."""
+    return run_each(names, lambda name, activity: diagnose_stack(ws, name, activity), parallel=parallel,
+                    progress=progress)
 
 
 def diagnose_stack(ws: Workspace, name: str, on_activity: Callable[[str], None] | None = None) -> StackResult:

@@ -167,10 +167,15 @@ def markdown(verb: str, results: Sequence[StackResult], seconds: float, log_dir:
                     + (f": {_cell(', '.join(c.properties))}" if c.properties else "") for c in r.changes)
             out.append(f"| `{_cell(r.name)}` | {_ICON.get(r.status, '')} {r.status} | {detail} | {r.duration_s:.1f} s |")
         out.append("")
-    if quiet:
-        out += [f"<details><summary>{len(quiet)} in sync</summary>", "",
-                ", ".join(f"`{_cell(n)}`" for n in quiet), "", "</details>", ""]
-    return "\n".join(out)
+    return "\n".join(out + _folded(quiet, "in sync"))
+
+
+def _folded(names: Sequence[str], label: str) -> list[str]:
+    """The stacks with nothing to report, folded away under `<count> <label>`."""
+    if not names:
+        return []
+    return [f"<details><summary>{len(names)} {label}</summary>", "", ", ".join(f"`{_cell(n)}`" for n in names), "",
+            "</details>", ""]
 
 
 def status_markdown(results: Sequence[StackResult], seconds: float, days: int) -> str:
@@ -221,10 +226,7 @@ def doctor_markdown(results: Sequence[StackResult], seconds: float, check_names:
                     advice = f" — *what to do:* {_cell(c.advice)}" if c.advice else ""
                     out.append(f"- {_CHECK_ICON[c.status]} **{_cell(c.name)}**: {_cell(c.detail)}{advice}")
             out.append("")
-    if ready:
-        out += [f"<details><summary>{len(ready)} ready</summary>", "",
-                ", ".join(f"`{_cell(n)}`" for n in ready), "", "</details>", ""]
-    return "\n".join(out)
+    return "\n".join(out + _folded(ready, "ready"))
 
 
 # --- one-line reasons ---------------------------------------------------------------------------

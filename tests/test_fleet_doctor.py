@@ -50,6 +50,12 @@ class DoctorRun:
         assert [c["name"] for c in entry["checks"]] == CHECK_NAMES, entry
         return {c["name"]: c for c in entry["checks"]}
 
+    def found(self, stack: str, check: str, status: str) -> dict[str, Any]:
+        """The stack's check, asserted to have ended with `status`."""
+        result = self.checks(stack)[check]
+        assert result["status"] == status, result
+        return result
+
 
 def _install(client: DataverseClient, zip_bytes: bytes) -> None:
     """Import a solution as the deploying identity would (test setup, before doctor runs)."""
@@ -197,8 +203,7 @@ def test_a_deployer_without_system_administrator_fails_that_check_and_the_others
 
 
 def test_a_custom_role_named_system_administrator_does_not_count(doctor_run: DoctorRun):
-    admin = doctor_run.checks("impostor")["system-administrator"]
-    assert admin["status"] == "fail"
+    admin = doctor_run.found("impostor", "system-administrator", "fail")
     assert "holds System Administrator, not System Administrator" in admin["detail"]
     assert "not built from Microsoft's System Administrator template" in admin["detail"]
     assert "Edit security roles" in admin["advice"]
@@ -213,8 +218,7 @@ def test_the_role_name_counts_only_when_the_answer_carries_no_role_template():
 
 
 def test_an_unmanaged_solution_installed_fails_the_solution_check(doctor_run: DoctorRun):
-    solution = doctor_run.checks("unmanaged")["solution"]
-    assert solution["status"] == "fail"
+    solution = doctor_run.found("unmanaged", "solution", "fail")
     assert "1.0.0.0 (unmanaged) is installed" in solution["detail"]
     assert "remove the unmanaged solution" in solution["advice"] and "allowUnmanaged" in solution["advice"]
 
@@ -229,15 +233,13 @@ def test_an_older_solution_warns_of_the_upgrade_and_a_newer_one_fails_as_a_downg
 
 
 def test_a_role_missing_from_the_business_unit_fails_the_role_check(doctor_run: DoctorRun):
-    role = doctor_run.checks("no-role")["role"]
-    assert role["status"] == "fail"
+    role = doctor_run.found("no-role", "role", "fail")
     assert "no role named 'Marketplace Lead Reader'" in role["detail"] and "is installed" in role["detail"]
     assert "roleName" in role["advice"]
 
 
 def test_an_unknown_privilege_and_a_depth_not_allowed_fail_the_privileges_check(doctor_run: DoctorRun):
-    privileges = doctor_run.checks("bad-privileges")["privileges"]
-    assert privileges["status"] == "fail"
+    privileges = doctor_run.found("bad-privileges", "privileges", "fail")
     assert "prvReadNoSuchThing is not a privilege of this organization" in privileges["detail"]
     assert "prvReadUserEntityUISettings cannot be Global (allowed: Basic)" in privileges["detail"]
     assert "prvReadAsyncOperation" not in privileges["detail"]
@@ -245,15 +247,13 @@ def test_an_unknown_privilege_and_a_depth_not_allowed_fail_the_privileges_check(
 
 
 def test_a_wrong_lead_writer_secret_fails_its_sign_in_without_showing_it(doctor_run: DoctorRun):
-    sign_in = doctor_run.checks("bad-secret")["lead-writer-sign-in"]
-    assert sign_in["status"] == "fail"
+    sign_in = doctor_run.found("bad-secret", "lead-writer-sign-in", "fail")
     assert "AADSTS7000215" in sign_in["detail"] and "client secret is wrong" in sign_in["advice"]
     assert doctor_run.checks("bad-secret")["deployer-sign-in"]["status"] == "ok"
 
 
 def test_an_offer_partner_center_does_not_know_fails_the_offer_check(doctor_run: DoctorRun):
-    offer = doctor_run.checks("no-offer")["offer"]
-    assert offer["status"] == "fail"
+    offer = doctor_run.found("no-offer", "offer", "fail")
     assert "no product with external id 'no-such-offer'" in offer["detail"]
     assert "Offer ID" in offer["advice"] and "Manager" in offer["advice"]
 
