@@ -44,8 +44,6 @@ from fleet.report import DRIFTED, FAIL, FAILED, IN_SYNC, OK, SKIPPED, WARN, Chec
 from fleet.runner import run_each
 from fleet.workspace import Workspace, first_error_line
 
-CHECKS = ("configuration", "deployer-sign-in", "web-api", "system-administrator", "solution", "role", "privileges",
-          "lead-writer-sign-in", "offer")
 # The solution Microsoft ships for lead management ("MicrosoftMarketplacesLeadIntegrationSolution_<version>_
 # target_CRM_6.1_managed.zip"): its unique name, used when the configured zip cannot be read offline.
 LEAD_WRITER_SOLUTION = "MicrosoftMarketplacesLeadIntegrationSolution"
@@ -112,7 +110,8 @@ def _read_configuration(ws: Workspace, run: _Run) -> None:
         run.add("configuration", FAIL, f"invalid configuration: {problems}",
                 "fix each setting named with `pulumi config set --stack " + run.name + "` (docs/configuration.md)")
     except auto.errors.CommandError as error:
-        run.add("configuration", FAIL, f"cannot read the stack's config: {first_error_line(str(error))}",
+        stderr = str(error).partition("\n stderr: ")[2]  # never its stdout: `--show-secrets` values
+        run.add("configuration", FAIL, f"cannot read the stack's config: {first_error_line(stderr)}",
                 "check that your Pulumi login and secrets provider (PULUMI_CONFIG_PASSPHRASE[_FILE]) open this stack")
     except ValueError as error:  # a deploying-identity value (stack, azuread:* or ARM_*) that cannot be read
         run.add("configuration", FAIL, f"invalid deploying identity setting: {error}",
@@ -229,55 +228,49 @@ def _solution(run: _Run) -> None:
     settings, client = run.settings, run.client
     assert settings is not None and client is not None
     try:
-        manifest = zip_manifest(settings)
+        manifest, zip_problem = zip_manifest(settings), None
     except (LeadDestinationError, OSError) as error:
-        run.add("solution", FAIL, f"the configured zip cannot be read: {_said(error)}",
-                "point solution.path at Microsoft's Lead Writer solution zip (or solution.url + solution.sha256)")
-        manifest = None
-        zip_failed = True
-    else:
-        zip_failed = False
+        manifest, zip_problem = None, f"the configured zip cannot be read: {_said(error)}"
     unique_name = manifest.unique_name if manifest else LEAD_WRITER_SOLUTION
     try:
         installed = solution_api.installed_solution(client, unique_name)
     except ServiceError as error:
-        if not zip_failed:
-            run.add("solution", FAIL, f"cannot read the installed solutions: {_said(error)}",
-                    ASSIGN_ADMIN if error.status == 403 else _organization_advice(error))
+        run.add("solution", FAIL, zip_problem or f"cannot read the installed solutions: {_said(error)}",
+                ASSIGN_ADMIN if error.status == 403 else _organization_advice(error))
         return
-    run.solution, run.solution_known = installed, True
-    if zip_failed:
+    run.solution, run.solution_known = installed, True  # what the role check needs, even with a bad zip
+    if zip_problem:
+        run.add("solution", FAIL, zip_problem,
+                "point solution.path at Microsoft's Lead Writer solution zip (or solution.url + solution.sha256)")
         return
-    allow_unmanaged = settings.solution.allow_unmanaged
+    run.add("solution", *_solution_verdict(settings, unique_name, installed, manifest))
+
+
+def _solution_verdict(settings: Settings, unique_name: str, installed: Solution | None,
+                      manifest: Manifest | None) -> tuple[str, str, str | None]:
+    """(status, detail, advice) of the installed solution against the configured zip (None: not at hand)."""
     source = "solution.path" if settings.solution.path else "solution.url"
     if installed is None:
         what = f"version {manifest.version}" if manifest else "it"
-        run.add("solution", WARN, f"{unique_name} is not installed",
-                f"pulumi up imports {what} from {source}; the role {settings.role_name!r} comes with it")
-        return
-    kind = "managed" if installed.managed else "unmanaged"
-    found = f"{unique_name} {installed.version} ({kind}) is installed"
-    if not installed.managed and not allow_unmanaged:
-        run.add("solution", FAIL, f"{found}: the stack imports managed solutions only",
-                "remove the unmanaged solution (Power Apps → Solutions → Delete; Dataverse does not import a managed "
-                "solution over an unmanaged one), or set solution.allowUnmanaged true with an unmanaged zip")
-        return
+        return WARN, f"{unique_name} is not installed", \
+            f"pulumi up imports {what} from {source}; the role {settings.role_name!r} comes with it"
+    found = f"{unique_name} {installed.version} ({'managed' if installed.managed else 'unmanaged'}) is installed"
+    if not installed.managed and not settings.solution.allow_unmanaged:
+        return FAIL, f"{found}: the stack imports managed solutions only", (
+            "remove the unmanaged solution (Power Apps → Solutions → Delete; Dataverse does not import a managed "
+            "solution over an unmanaged one), or set solution.allowUnmanaged true with an unmanaged zip")
     if manifest is None:
-        run.add("solution", OK, f"{found}; the zip at solution.url is not downloaded yet, pulumi up compares versions")
-        return
+        return OK, f"{found}; the zip at solution.url is not downloaded yet, pulumi up compares versions", None
     if installed.managed != manifest.managed:
-        run.add("solution", FAIL, f"{found}, the zip is {'managed' if manifest.managed else 'unmanaged'}",
-                "use a zip of the installed kind (Dataverse refuses to import one kind over the other)")
-        return
+        return FAIL, f"{found}, the zip is {'managed' if manifest.managed else 'unmanaged'}", \
+            "use a zip of the installed kind (Dataverse refuses to import one kind over the other)"
     have, want = version_key(installed.version), version_key(manifest.version)
     if have < want:
-        run.add("solution", WARN, f"{found}; the zip is {manifest.version}",
-                f"pulumi up upgrades it to {manifest.version}")
-    elif have > want:
-        run.add("solution", FAIL, f"{found}, newer than the zip's {manifest.version}",
-                f"point {source} at version {installed.version} or later: the stack never downgrades a solution")
-    else:
-        run.add("solution", OK, found)
+        return WARN, f"{found}; the zip is {manifest.version}", f"pulumi up upgrades it to {manifest.version}"
+    if have > want:
+        return FAIL, f"{found}, newer than the zip's {manifest.version}", \
+            f"point {source} at version {installed.version} or later: the stack never downgrades a solution"
+    return OK, found, None
 
 
 def _role(run: _Run) -> None:
@@ -405,10 +398,7 @@ def diagnose_stack(ws: Workspace, name: str, on_activity: Callable[[str], None] 
 
 
 def _continue(run: _Run, started: float) -> StackResult:
-    for check, step in (("deployer-sign-in", _deployer_sign_in), ("web-api", _web_api),
-                        ("system-administrator", _system_administrator), ("solution", _solution), ("role", _role),
-                        ("privileges", _privileges), ("lead-writer-sign-in", _lead_writer_sign_in),
-                        ("offer", _offer)):
+    for check, step in _STEPS.items():
         if any(c.name == check for c in run.checks):
             continue  # skipped by an earlier check
         run.on_activity(f"checking {check}")
@@ -418,6 +408,14 @@ def _continue(run: _Run, started: float) -> StackResult:
             run.add(check, FAIL, f"unexpected {type(exc).__name__}: {exc}",
                     "this is a defect of lead-destination's fleet doctor: report it with this line")
     return _result(run.name, run.checks, time.monotonic() - started)
+
+
+# The checks after `configuration`, in the order they run (and are reported).
+_STEPS: dict[str, Callable[[_Run], None]] = {
+    "deployer-sign-in": _deployer_sign_in, "web-api": _web_api, "system-administrator": _system_administrator,
+    "solution": _solution, "role": _role, "privileges": _privileges, "lead-writer-sign-in": _lead_writer_sign_in,
+    "offer": _offer}
+CHECKS = ("configuration", *_STEPS)
 
 
 def printable(result: StackResult) -> list[str]:

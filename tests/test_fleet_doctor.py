@@ -295,6 +295,22 @@ def test_reports_exit_code_progress_and_no_secret_anywhere(doctor_run: DoctorRun
         assert not any(secret in t for t in texts), "a secret reached the output"
 
 
+def test_a_config_that_cannot_be_decrypted_fails_the_configuration_check_without_showing_values(
+        doctor_run: DoctorRun):
+    fp = doctor_run.fp
+    locked = fp.fleet("doctor", "ready", "--json", str(fp.root / "locked.json"),
+                      env={**fp.env, "PULUMI_CONFIG_PASSPHRASE": "not-the-passphrase"})
+    assert locked.returncode == 1, locked.stdout + locked.stderr
+    entry = json.loads((fp.root / "locked.json").read_text())["stacks"][0]
+    configuration = entry["checks"][0]
+    assert configuration["name"] == "configuration" and configuration["status"] == "fail"
+    assert configuration["detail"].startswith("cannot read the stack's config: ")
+    assert "passphrase" in configuration["detail"]  # Pulumi's own reason, from its stderr
+    assert "PULUMI_CONFIG_PASSPHRASE" in configuration["advice"]
+    assert {c["status"] for c in entry["checks"][1:]} == {"skipped"}
+    assert doctor_run.sandbox.info["admin_client_secret"] not in locked.stdout + locked.stderr
+
+
 def test_a_ready_stack_exits_0_and_warnings_only_exit_3(doctor_run: DoctorRun):
     ready = doctor_run.fp.fleet("doctor", "ready")
     assert ready.returncode == 0, ready.stdout + ready.stderr
