@@ -77,8 +77,8 @@ def doctor_run(sandbox: Any, tmp_path_factory: pytest.TempPathFactory) -> Doctor
     control = sandbox.control
     info = sandbox.info
     tag = uuid.uuid4().hex[:6]
-    names = ["ready", "fresh", "not-admin", "impostor", "unmanaged", "older", "newer", "no-role", "bad-privileges",
-             "bad-secret", "no-offer", "unreachable", "bad-config"]
+    names = ["ready", "fresh", "new-app", "bad-deployer", "not-admin", "impostor", "unmanaged", "older", "newer",
+             "no-role", "bad-privileges", "bad-secret", "no-offer", "unreachable", "bad-config"]
     urls = {n: control.add_org(f"d{tag}-{n}") for n in names}
 
     deployer = DeployerSettings(tenant_id=info["tenant_id"], client_id=info["admin_client_id"],
@@ -105,10 +105,15 @@ def doctor_run(sandbox: Any, tmp_path_factory: pytest.TempPathFactory) -> Doctor
         "no-role": {"roleName": "Marketplace Lead Reader"},
         "bad-privileges": {"privileges": str(bad_spec)},
         "bad-secret": {"existingApplicationSecret": WRONG_SECRET},
+        "bad-deployer": {"deployerClientSecret": WRONG_SECRET},
         "no-offer": {"offer": "no-such-offer"},
     }
     inventory = root / "inventory.yaml"
-    inventory.write_text(yaml.safe_dump([{"name": n, **fp.settings(urls[n]), **extra.get(n, {})} for n in names]))
+    rows = [{"name": n, **fp.settings(urls[n]), **extra.get(n, {})} for n in names]
+    for row in rows:
+        if row["name"] == "new-app":  # the stack makes the lead writer's Entra app
+            del row["existingApplication"], row["existingApplicationSecret"]
+    inventory.write_text(yaml.safe_dump(rows))
     added = fp.fleet("add", "--from", str(inventory), "--parallel", "6")
     assert added.returncode == 0, added.stdout + added.stderr
     # A stack whose config went bad after it was made (a hand edit): `validate` must be a boolean.
@@ -189,6 +194,24 @@ def test_a_fresh_organization_warns_that_up_imports_the_solution_and_the_role_co
 
 
 # --- one broken precondition per stack ------------------------------------------------------------------
+def test_a_new_app_stack_has_no_lead_writer_credential_to_check_yet(doctor_run: DoctorRun):
+    checks = doctor_run.checks("new-app")
+    assert checks["configuration"]["detail"].endswith("lead writer: a new Entra app")
+    assert checks["lead-writer-sign-in"]["status"] == "skipped"
+    assert "the stack creates the lead writer's Entra app" in checks["lead-writer-sign-in"]["detail"]
+    assert checks["system-administrator"]["status"] == "ok"
+
+
+def test_a_deployer_secret_entra_refuses_fails_its_sign_in_and_skips_what_needs_the_organization(
+        doctor_run: DoctorRun):
+    sign_in = doctor_run.found("bad-deployer", "deployer-sign-in", "fail")
+    assert "AADSTS7000215" in sign_in["detail"] and "client secret is wrong" in sign_in["advice"]
+    checks = doctor_run.checks("bad-deployer")
+    for name in ("web-api", "system-administrator", "solution", "role", "privileges"):
+        assert checks[name]["status"] == "skipped" and "needs the deploying identity's token" in checks[name]["detail"]
+    assert checks["lead-writer-sign-in"]["status"] == "ok"  # its own credential, checked all the same
+
+
 def test_a_deployer_without_system_administrator_fails_that_check_and_the_others_are_still_reported(
         doctor_run: DoctorRun):
     checks = doctor_run.checks("not-admin")
@@ -283,7 +306,7 @@ def test_reports_exit_code_progress_and_no_secret_anywhere(doctor_run: DoctorRun
     out = doctor_run.stdout
     finished = {ln.split("] ", 1)[1].split()[0] for ln in out.splitlines() if ln.startswith("[")}
     assert finished == set(doctor_run.urls)  # one progress line per finished stack
-    assert "fleet doctor: 13 stack(s) in" in out and "1 ready" in out
+    assert "fleet doctor: 15 stack(s) in" in out and "1 ready" in out
     assert "  ✗ system-administrator" in out and "→ assign the System Administrator" in out
     md = doctor_run.markdown
     assert "| Stack | Status | configuration | deployer-sign-in |" in md
