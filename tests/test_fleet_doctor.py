@@ -108,14 +108,18 @@ def doctor_run(sandbox: Any, tmp_path_factory: pytest.TempPathFactory) -> Doctor
         "bad-deployer": {"deployerClientSecret": WRONG_SECRET},
         "no-offer": {"offer": "no-such-offer"},
     }
-    inventory = root / "inventory.yaml"
-    rows = [{"name": n, **fp.settings(urls[n]), **extra.get(n, {})} for n in names]
-    for row in rows:
-        if row["name"] == "new-app":  # the stack makes the lead writer's Entra app
-            del row["existingApplication"], row["existingApplicationSecret"]
-    inventory.write_text(yaml.safe_dump(rows))
-    added = fp.fleet("add", "--from", str(inventory), "--parallel", "6")
-    assert added.returncode == 0, added.stdout + added.stderr
+    # `fresh` holds the dev settings and is the template of the others (fewer CLI calls than each on its own);
+    # `new-app` has no existing app, so it cannot be copied from `fresh`.
+    own = fp.root / "own.yaml"
+    new_app = {k: v for k, v in fp.settings(urls["new-app"]).items()
+               if k not in ("existingApplication", "existingApplicationSecret")}
+    own.write_text(yaml.safe_dump([{"name": "fresh", **fp.settings(urls["fresh"])}, {"name": "new-app", **new_app}]))
+    copied = fp.root / "copied.yaml"
+    copied.write_text(yaml.safe_dump([{"name": n, "instanceUrl": urls[n], **extra.get(n, {})}
+                                      for n in names if n not in ("fresh", "new-app")]))
+    for inventory, template in ((own, []), (copied, ["--copy-config-from", "fresh"])):
+        added = fp.fleet("add", "--from", str(inventory), "--parallel", "6", *template)
+        assert added.returncode == 0, added.stdout + added.stderr
     # A stack whose config went bad after it was made (a hand edit): `validate` must be a boolean.
     fp.pulumi("config", "set", "lead-destination:validate", "maybe", "--stack", "bad-config")
 
