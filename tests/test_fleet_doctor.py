@@ -131,9 +131,9 @@ def doctor_run(sandbox: Any, tmp_path_factory: pytest.TempPathFactory) -> Doctor
         in_its_unit = [r for r in state["roles"] if r["_businessunitid_value"] == admin_user["_businessunitid_value"]]
         if stack == "impostor":
             custom = next(r for r in in_its_unit if r["name"] == "System Administrator"
-                          and r["_roletemplateid_value"] is None)
+                          and r.get("_roletemplateid_value") is None)
             assign_role(DataverseClient.for_instance(urls[stack], deployer), admin_user["systemuserid"], custom["roleid"])
-        builtin = next(r for r in in_its_unit if r["_roletemplateid_value"] == SYSADMIN_TEMPLATE)
+        builtin = next(r for r in in_its_unit if r.get("_roletemplateid_value") == SYSADMIN_TEMPLATE)
         control.drift(urls[stack], "remove_role", systemuserid=admin_user["systemuserid"], roleid=builtin["roleid"])
 
     states_before = {n: control.state(u) for n, u in urls.items()}

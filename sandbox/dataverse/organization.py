@@ -73,7 +73,8 @@ class Organization:
                 "isvisible": uniquename == "Default"}, created=True)
         system_solution = _id(name, "solution", "System")
         admin_role = store.create_role(SYSTEM_ADMINISTRATOR, _id(name, "role", SYSTEM_ADMINISTRATOR), True,
-                                       system_solution, template_id=SYSTEM_ADMINISTRATOR_TEMPLATE)
+                                       system_solution)
+        store.rows["roles"][admin_role]["_roletemplateid_value"] = SYSTEM_ADMINISTRATOR_TEMPLATE
         store.role_privileges[admin_role] = {p.privilegeid: p.deepest for p in catalogue.PRIVILEGES.values()}
         basic = store.create_role("Basic User", _id(name, "role", "Basic User"), True, system_solution)
         store.role_privileges[basic] = {

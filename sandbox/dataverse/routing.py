@@ -102,7 +102,8 @@ class Router:
         """Unbound function, no parameters; RetrieveVersionResponse has one property, Version (Edm.String)
         (doc: Microsoft Learn, Web API reference "RetrieveVersion Function" and "RetrieveVersionResponse
         ComplexType"). The @odata.context follows WhoAmI's documented answer (inferred)."""
-        require_method(call.method, "GET")
+        if call.method != "GET":
+            raise not_allowed(call.method)
         return json_result({"@odata.context": self.base + "$metadata#Microsoft.Dynamics.CRM.RetrieveVersionResponse",
                             "Version": SERVER_VERSION})
 

@@ -58,8 +58,7 @@ _table(Table("systemuser", "systemusers", "systemuserid", "SystemUser",
              navigations=frozenset({"systemuserroles_association"})))
 _table(Table("role", "roles", "roleid", "Role",
              {"roleid": GUID, "name": STR, "_businessunitid_value": GUID, "_parentrootroleid_value": GUID,
-              "_parentroleid_value": GUID, "ismanaged": BOOL, "_solutionid_value": GUID,
-              "_roletemplateid_value": GUID, **_COMMON},
+              "_parentroleid_value": GUID, "ismanaged": BOOL, "_solutionid_value": GUID, **_COMMON},
              navigations=frozenset({"systemuserroles_association"})))
 _table(Table("solution", "solutions", "solutionid", "Solution",
              {"solutionid": GUID, "uniquename": STR, "friendlyname": STR, "version": STR, "ismanaged": BOOL,
@@ -84,6 +83,12 @@ _table(Table("lead", "leads", "leadid", "lead",
               "_owningbusinessunit_value": GUID, **_COMMON},
              creatable=frozenset({*_LEAD_FIELDS, "leadsourcecode", "numberofemployees", "leadid"}),
              updatable=frozenset({*_LEAD_FIELDS, "leadsourcecode", "numberofemployees", "statecode", "statuscode"})))
+
+# A role's template, the lookup `_roletemplateid_value` (Web API reference, role EntityType: roletemplateid):
+# organization.py gives the built-in System Administrator its documented one; a solution's role has none.
+# Copies in other business units are made from the root role's row, so they carry it too.
+TABLES["roles"].columns["_roletemplateid_value"] = GUID
+
 
 def unknown_property(name: str, table: Table) -> ODataError:
     # Dataverse/OData wording for an unknown column in $select, $filter or a body.

@@ -65,15 +65,12 @@ class Store:
         return out
 
     # ----- roles -------------------------------------------------------------------------------
-    def create_role(self, name: str, role_id: str, managed: bool, solution_id: str | None,
-                    template_id: str | None = None) -> str:
-        """A root role in the root business unit, with its inherited copy in every other unit (copies keep
-        the role template of a built-in role, `_roletemplateid_value`; a solution's role has none)."""
+    def create_role(self, name: str, role_id: str, managed: bool, solution_id: str | None) -> str:
+        """A root role in the root business unit, with its inherited copy in every other unit."""
         root_bu = self.root_business_unit()
         self.rows["roles"][role_id] = self.stamp({
             "roleid": role_id, "name": name, "_businessunitid_value": root_bu, "_parentrootroleid_value": role_id,
-            "_parentroleid_value": None, "ismanaged": managed, "_solutionid_value": solution_id,
-            "_roletemplateid_value": template_id}, created=True)
+            "_parentroleid_value": None, "ismanaged": managed, "_solutionid_value": solution_id}, created=True)
         self.role_privileges.setdefault(role_id, {})
         for bu in self.rows["businessunits"]:
             if bu != root_bu:
