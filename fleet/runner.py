@@ -90,12 +90,21 @@ def run_fleet(ws: Workspace, names: Sequence[str], verb: str, *, parallel: int, 
     own handling); stacks not started yet are reported failed as not run.
     """
     log_dir.mkdir(parents=True, exist_ok=True)
+    return run_each(names, lambda name, activity: run_stack(ws, name, verb, log_dir, refresh=refresh,
+                                                            on_activity=activity),
+                    parallel=parallel, progress=progress)
+
+
+def run_each(names: Sequence[str], work: Callable[[str, Callable[[str], None]], StackResult], *, parallel: int,
+             progress: Progress) -> list[StackResult]:
+    """`work(name, on_activity)` for every stack, `parallel` at a time, each one's start, activity and result
+    shown by `progress`; results in `names` order. Ctrl-C: stacks not started are reported failed as not
+    run (Interrupted carries every result)."""
     results: dict[str, StackResult] = {}
 
     def one(name: str) -> StackResult:
         progress.started(name)
-        result = run_stack(ws, name, verb, log_dir, refresh=refresh,
-                           on_activity=lambda text: progress.activity(name, text))
+        result = work(name, lambda text: progress.activity(name, text))
         progress.finished(result)
         return result
 

@@ -31,6 +31,8 @@ from sandbox.dataverse.users import Users
 
 API_PREFIX = "/api/data/v9.2/"
 QUERY_OPTIONS = ("$select", "$filter", "$top", "$expand", "$orderby", "$count", "$id", "$skiptoken")
+# What RetrieveVersion answers (and the System solution's version): a Dataverse online 9.2 build number.
+SERVER_VERSION = "9.2.24074.00164"
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Router:
         g = GUID_PATTERN
         self.routes: list[Route] = [
             (re.compile(r"WhoAmI(\(\))?"), self._who_am_i),
+            (re.compile(r"RetrieveVersion(\(\))?"), self._retrieve_version),
             (re.compile(r"\$batch"), self._batch),
             (re.compile(r"(ImportSolutionAsync|StageAndUpgradeAsync|ImportSolution)"), self._import),
             (re.compile(r"RetrieveRolePrivilegesRole\(([^)]*)\)"), self._role_privileges),
@@ -102,6 +105,15 @@ class Router:
         return json_result({"@odata.context": self.base + "$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse",
                             "BusinessUnitId": user["_businessunitid_value"], "UserId": user["systemuserid"],
                             "OrganizationId": self.organization_id})
+
+    def _retrieve_version(self, call: Call, m: re.Match[str]) -> Result:
+        """Unbound function, no parameters; RetrieveVersionResponse has one property, Version (Edm.String)
+        (doc: Microsoft Learn, Web API reference "RetrieveVersion Function" and "RetrieveVersionResponse
+        ComplexType"). The @odata.context follows WhoAmI's documented answer (inferred)."""
+        if call.method != "GET":
+            raise not_allowed(call.method)
+        return json_result({"@odata.context": self.base + "$metadata#Microsoft.Dynamics.CRM.RetrieveVersionResponse",
+                            "Version": SERVER_VERSION})
 
     def _import(self, call: Call, m: re.Match[str]) -> Result:
         self._require(call, "POST")

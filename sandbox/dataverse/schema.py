@@ -88,6 +88,12 @@ _table(Table("lead", "leads", "leadid", "lead",
              creatable=frozenset({*_LEAD_FIELDS, "leadsourcecode", "numberofemployees", "leadid"}),
              updatable=frozenset({*_LEAD_FIELDS, "leadsourcecode", "numberofemployees", "statecode", "statuscode"})))
 
+# A role's template, the lookup `_roletemplateid_value` (Web API reference, role EntityType: roletemplateid):
+# organization.py gives the built-in System Administrator its documented one; a solution's role has none.
+# Copies in other business units are made from the root role's row, so they carry it too.
+TABLES["roles"].columns["_roletemplateid_value"] = GUID
+
+
 def unknown_property(name: str, table: Table) -> ODataError:
     # Dataverse/OData wording for an unknown column in $select, $filter or a body.
     return bad_request(f"Could not find a property named '{name}' on type 'Microsoft.Dynamics.CRM.{table.logical}'.")
