@@ -290,12 +290,15 @@ def test_throttling_counts_per_organization(sandbox, control, org):
 
 def test_concurrency_limit_answers_0x80072326(sandbox, control):
     headers = bearer(sandbox, "https://graph.microsoft.com")
-    control.settings(latency_ms=600, throttle={"max_concurrent": 1})
+    # both sent at once (no staggering sleep to guess with): the one admitted first is held 2 s, long enough
+    # for the other to arrive while it is in flight even on a busy machine
+    control.settings(latency_ms=2000, throttle={"max_concurrent": 1})
     results: list[requests.Response] = []
-    threads = [threading.Thread(target=lambda: results.append(products(sandbox, headers))) for _ in range(2)]
+    together = threading.Barrier(2)
+    threads = [threading.Thread(target=lambda: (together.wait(30), results.append(products(sandbox, headers))))
+               for _ in range(2)]
     for t in threads:
         t.start()
-        time.sleep(0.15)
     for t in threads:
         t.join()
     assert sorted(r.status_code for r in results) == [200, 429]
