@@ -177,9 +177,6 @@ class CliRun:
         self.seen.update(current)
         return current
 
-    def tree(self) -> dict[int, str]:
-        return self.processes()
-
     def kill_tree(self, timeout: float = KILL_DEADLINE) -> dict[int, str]:
         """SIGKILL every process of the run, the CLI first, and the group of each, pass after pass until one
         finds nothing running (a process spawned meanwhile is found by the next), waiting for each pass's
