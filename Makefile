@@ -54,10 +54,11 @@ test: $(STAMP) pulumi actionlint lint ## lint (ruff, mypy), then the whole suite
 test-fast: $(STAMP) pulumi actionlint ## the suite without the heavy matrices
 	$(PY) -m pytest -n 2 --dist worksteal -q -m "not heavy"
 
-# test-stress: STRESS_RUNS=1 for one run; STRESS_TESTS="tests/test_locks.py ..." for another selection;
-# STRESS_ARGS="-m 'not heavy'" for more pytest arguments; STRESS_HOGS=N busy processes instead of one per core.
+# test-stress: STRESS_RUNS=1 for one run; STRESS_TESTS="tests/test_locks.py ..." instead of the selection in
+# tests/stress.py; STRESS_ARGS="-m 'not heavy'" for more pytest arguments; STRESS_HOGS=N busy processes
+# instead of one per core.
 STRESS_RUNS  ?= 5
-STRESS_TESTS ?= tests/test_interruptions.py tests/test_locks.py tests/test_engine_faults.py tests/test_fleet.py
+STRESS_TESTS ?=
 STRESS_ARGS  ?=
 
 test-stress: $(STAMP) pulumi ## interruption, lock, Ctrl-C, engine-fault and fleet tests STRESS_RUNS times beside a CPU hog per core

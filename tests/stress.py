@@ -20,7 +20,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SELECTION = ["tests/test_interruptions.py", "tests/test_locks.py", "tests/test_engine_faults.py", "tests/test_fleet.py"]
+SELECTION = ["tests/test_interruptions.py", "tests/test_locks.py", "tests/test_engine_faults.py", "tests/test_fleet.py",
+             "tests/test_harness_interrupt.py"]
 HOG_SECONDS_PER_RUN = 3600  # a hog ends by itself at the latest runs x this (or when this process is gone)
 HOG = """
 import os, sys, time
@@ -51,7 +52,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=int(os.environ.get("STRESS_RUNS", 5)))
     parser.add_argument("--hogs", type=int, default=int(os.environ.get("STRESS_HOGS", os.cpu_count() or 2)))
-    parser.add_argument("tests", nargs="*", default=os.environ.get("STRESS_TESTS", " ".join(SELECTION)).split())
+    parser.add_argument("tests", nargs="*", default=(os.environ.get("STRESS_TESTS") or " ".join(SELECTION)).split())
     args = parser.parse_args(own)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
