@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from sandbox.testing import ControlError, stack_config, start_sandbox
+from tests.harness.interrupt import first_line
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAPH = "https://graph.microsoft.com"
@@ -63,7 +64,7 @@ def test_serve_prints_one_json_line_answers_whoami_401_without_and_200_with_a_to
     proc = subprocess.Popen([sys.executable, "-m", "sandbox", "serve", "--port", "0", "--state-dir", str(tmp_path)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        line = proc.stdout.readline()
+        line = first_line(proc.stdout, 120)
         info = json.loads(line)
         assert set(info) == SERVE_KEYS
         assert json.loads((tmp_path / "serve.json").read_text()) == info
@@ -101,7 +102,7 @@ def test_serve_on_a_given_port_names_and_serves_that_port_everywhere(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "sandbox", "serve", "--port", str(port), "--state-dir",
                              str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        info = json.loads(proc.stdout.readline())
+        info = json.loads(first_line(proc.stdout, 120))
         host = f"127.0.0.1:{port}"
         assert info["port"] == port and info["authority_host"] == host
         for key in ("instance_url", "authority", "control_url", "partner_center_url"):

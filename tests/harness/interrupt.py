@@ -120,6 +120,16 @@ def wait_gone(processes: dict[int, str], timeout: float) -> dict[int, str]:
             os.close(fd)
 
 
+def first_line(stream: Any, timeout: float) -> Any:
+    """The next line of a child's output pipe, or an empty one when none comes within `timeout` seconds (a
+    child that hangs before printing its address must fail its test, not hang it)."""
+    got: list[Any] = []
+    reader = threading.Thread(target=lambda: got.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return got[0] if got else stream.read(0)  # read(0): an empty str or bytes, as the stream gives
+
+
 def _kill(pid: int, *, group: bool = False) -> None:
     try:
         (os.killpg if group else os.kill)(pid, signal.SIGKILL)
