@@ -22,7 +22,7 @@ ifneq ($(filter-out clean,$(or $(MAKECMDGOALS),default)),)
 $(info make: Python $(or $(PYVER),(none found)) at $(or $(PYTHON),-) for $(VENV) ($(PYTHON_FROM)))
 endif
 
-.PHONY: demo test test-fast bench lint sandbox pulumi actionlint clean
+.PHONY: demo test test-fast test-stress bench lint sandbox pulumi actionlint clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	@case "$(PYVER)" in \
@@ -53,6 +53,16 @@ test: $(STAMP) pulumi actionlint lint ## lint (ruff, mypy), then the whole suite
 
 test-fast: $(STAMP) pulumi actionlint ## the suite without the heavy matrices
 	$(PY) -m pytest -n 2 --dist worksteal -q -m "not heavy"
+
+# test-stress: STRESS_RUNS=1 for one run; STRESS_TESTS="tests/test_locks.py ..." instead of the selection in
+# tests/stress.py; STRESS_ARGS="-m 'not heavy'" for more pytest arguments; STRESS_HOGS=N busy processes
+# instead of one per core.
+STRESS_RUNS  ?= 5
+STRESS_TESTS ?=
+STRESS_ARGS  ?=
+
+test-stress: $(STAMP) pulumi ## interruption, lock, Ctrl-C, engine-fault and fleet tests STRESS_RUNS times beside a CPU hog per core
+	STRESS_RUNS=$(STRESS_RUNS) $(PY) tests/stress.py $(STRESS_TESTS) -- $(STRESS_ARGS)
 
 bench: $(STAMP) pulumi ## performance figures against design.md's targets
 	$(PY) -m tools.bench
