@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench lint sandbox pulumi actionlint clean
+.PHONY: demo test test-fast bench bench-scale lint sandbox pulumi actionlint clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ test-fast: $(STAMP) pulumi actionlint ## the suite without the heavy matrices
 
 bench: $(STAMP) pulumi ## performance figures against design.md's targets
 	$(PY) -m tools.bench
+
+bench-scale: $(STAMP) pulumi ## fleet growth: add, warm preview, status at 50/200/500 stacks (SIZES=20,50 BACKEND=azblob)
+	$(PY) -m tools.bench_scale $(if $(SIZES),--sizes $(SIZES)) $(if $(BACKEND),--backend $(BACKEND))
 
 lint: $(STAMP)      ## ruff on the tree; mypy on the shipped code; generated config docs up to date
 	$(PY) -m ruff check .

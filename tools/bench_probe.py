@@ -222,7 +222,7 @@ def phases(stderr: str, launched: float, wall: float) -> Phases:
             out.checkpoint_writes.append(t - last_mutation)
             last_mutation = None
         elif match := _CALL.match(m):
-            key = match.group(1, 2, 3)
+            key = (match.group(1), match.group(2), match.group(3))
             if match.group(4) == "executing":
                 pending[key] = t
             elif key in pending:
