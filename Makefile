@@ -22,7 +22,7 @@ ifneq ($(filter-out clean,$(or $(MAKECMDGOALS),default)),)
 $(info make: Python $(or $(PYVER),(none found)) at $(or $(PYTHON),-) for $(VENV) ($(PYTHON_FROM)))
 endif
 
-.PHONY: demo test test-fast test-stress bench lint sandbox pulumi actionlint clean
+.PHONY: demo test test-fast test-stress bench bench-scale lint sandbox pulumi actionlint clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	@case "$(PYVER)" in \
@@ -66,6 +66,9 @@ test-stress: $(STAMP) pulumi ## interruption, lock, Ctrl-C, engine-fault and fle
 
 bench: $(STAMP) pulumi ## performance figures against design.md's targets
 	$(PY) -m tools.bench
+
+bench-scale: $(STAMP) pulumi ## fleet growth: add, warm preview, status at 50/200/500 stacks (SIZES=20,50 BACKEND=azblob)
+	$(PY) -m tools.bench_scale $(if $(SIZES),--sizes $(SIZES)) $(if $(BACKEND),--backend $(BACKEND))
 
 lint: $(STAMP)      ## ruff on the tree; mypy on the shipped code; generated config docs up to date
 	$(PY) -m ruff check .

@@ -33,6 +33,8 @@ RESPOND_FIELDS = {"status", "headers", "body"}
 RANDOM_FAULTS = {"429": {"status": 429}, "503": {"status": 503}, "reset": {"reset": True},
                  "lost": {"after": True, "reset": True}}
 RANDOM_FAULT_TARGETS = ("dataverse", "partnercenter")
+# `random_faults.target_kinds` narrows the kinds per target, e.g. {"entra": ["429", "503", "reset"]}: Entra's
+# token endpoint throttles, fails and drops connections; a lost token answer only costs a second token.
 
 # (status, rule, headers) -> the service's error answer for an injected status
 Render = Callable[[int, dict[str, Any], dict[str, str]], Response]
@@ -90,8 +92,9 @@ class FaultRules:
         self._random = random.Random()
 
     def set_random(self, config: dict[str, Any] | None) -> None:
-        """Settings `random_faults` {rate, kinds, targets, retry_after, seed}: with no rule matching, a request
-        of a target kind meets one of `kinds` (default all of RANDOM_FAULTS) with probability `rate`."""
+        """Settings `random_faults` {rate, kinds, targets, target_kinds, retry_after, seed}: with no rule matching,
+        a request of a target kind meets one of `kinds` (default all of RANDOM_FAULTS; per target
+        `target_kinds[target]` when given) with probability `rate`."""
         if config is not None:
             if not isinstance(config, dict) or not 0 <= float(config.get("rate", -1)) <= 1:
                 raise ValueError("random_faults must be null or an object with a rate from 0 to 1")
@@ -99,6 +102,11 @@ class FaultRules:
                 raise ValueError(f"random_faults.kinds: a list of {sorted(RANDOM_FAULTS)}")
             if not set(config.get("targets") or ()) <= {"dataverse", "partnercenter", "entra", "files"}:
                 raise ValueError("random_faults.targets: a list of dataverse, partnercenter, entra, files")
+            by_target = config.get("target_kinds") or {}
+            if not isinstance(by_target, dict) or not all(
+                    t in {"dataverse", "partnercenter", "entra", "files"} and isinstance(k, list) and k
+                    and set(k) <= set(RANDOM_FAULTS) for t, k in by_target.items()):
+                raise ValueError(f"random_faults.target_kinds: {{target: non-empty list of {sorted(RANDOM_FAULTS)}}}")
         with self._lock:
             self._random_config = config
             self._random = random.Random(config.get("seed") if config else None)
@@ -110,7 +118,8 @@ class FaultRules:
                 return None
             if self._random.random() >= float(config["rate"]):
                 return None
-            kind = self._random.choice(sorted(config.get("kinds") or RANDOM_FAULTS))
+            kinds = (config.get("target_kinds") or {}).get(entry["kind"]) or config.get("kinds") or RANDOM_FAULTS
+            kind = self._random.choice(sorted(kinds))
         return {"id": f"random:{kind}", "retry_after": config.get("retry_after", 1) if kind == "429" else None,
                 **RANDOM_FAULTS[kind]}
 
