@@ -22,6 +22,7 @@ import requests
 from dynamics_provider.credentials import PUBLIC_CLIENT_ID
 from dynamics_provider.errors import AuthenticationError
 from dynamics_provider.tokens import client_secret_tokens, password_tokens
+from tests.harness.shapes import skeleton
 
 FIXTURES = Path(__file__).resolve().parent.parent / "contract" / "fixtures" / "entra"
 TOKEN_PATH = r"/oauth2/v2.0/token$"
@@ -163,14 +164,6 @@ def test_a_password_grant_answer_with_an_unreadable_id_token_is_refused_by_its_s
 
 # ------------------------------------------------------------------------------------------------
 # the emulator's answer compared with Microsoft's examples
-
-
-def skeleton(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: skeleton(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [skeleton(value[0])] if value else []
-    return "null" if value is None else type(value).__name__
 
 
 def key_differences(emulated: dict[str, Any], documented: dict[str, Any]) -> dict[str, str]:

@@ -25,6 +25,7 @@ from dynamics_provider.partner_center import (
     partner_center_client,
 )
 from dynamics_provider.waiting import wait_until
+from tests.harness.shapes import skeleton
 
 FIXTURES = Path(__file__).resolve().parent.parent / "contract" / "fixtures" / "partner-center"
 VERSION = "2022-03-01-preview2"
@@ -248,15 +249,6 @@ def test_the_client_reads_the_emulator_in_both_spellings(
 
 # ------------------------------------------------------------------------------------------------
 # the emulator's answer compared with Microsoft's examples
-
-
-def skeleton(value: Any) -> Any:
-    """The shape of a JSON value: objects by key, a list by its first item, scalars by type name."""
-    if isinstance(value, dict):
-        return {key: skeleton(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [skeleton(value[0])] if value else []
-    return "null" if value is None else type(value).__name__
 
 
 def differences(emulated: Any, documented: Any, where: str = "") -> list[str]:

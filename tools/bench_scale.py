@@ -134,18 +134,13 @@ def main(argv: list[str] | None = None) -> int:
                 have = size
                 if size == sizes[0]:  # warm-up: the first run compiles and caches what every later run reuses
                     fleet.run("preview", "-p", str(args.parallel))
-                seconds, used, results, done = fleet.run("preview", "-p", str(args.parallel))
-                failed = [n for n, r in results.items() if r.get("status") == "failed"]
-                if failed or len(results) != size:
-                    notes.append(f"fleet preview at {size}: {len(results)} results, {len(failed)} failed "
-                                 f"({', '.join(failed[:3])}) exit {done.returncode}")
-                figures["preview"][size], cpu["preview"][size] = seconds / size, used / size
-                seconds, used, results, done = fleet.run("status", "-p", str(args.parallel))
-                failed = [n for n, r in results.items() if r.get("status") == "failed"]
-                if failed or len(results) != size:
-                    notes.append(f"fleet status at {size}: {len(results)} results, {len(failed)} failed, "
-                                 f"exit {done.returncode}")
-                figures["status"][size], cpu["status"][size] = seconds / size, used / size
+                for command in ("preview", "status"):
+                    seconds, used, results, done = fleet.run(command, "-p", str(args.parallel))
+                    failed = [n for n, r in results.items() if r.get("status") == "failed"]
+                    if failed or len(results) != size:
+                        notes.append(f"fleet {command} at {size}: {len(results)} results, {len(failed)} failed "
+                                     f"({', '.join(failed[:3])}) exit {done.returncode}")
+                    figures[command][size], cpu[command][size] = seconds / size, used / size
                 listing = time.monotonic()
                 subprocess.run(["pulumi", "stack", "ls", "--json", "--non-interactive"], cwd=project.dir,
                                env=fleet.env, capture_output=True, check=False)
