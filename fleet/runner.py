@@ -84,7 +84,7 @@ def run_stack(ws: Workspace, name: str, verb: str, log_dir: Path, *, refresh: bo
             result = stack.preview(**kwargs) if verb == PREVIEW else stack.up(**kwargs)
         except auto.errors.CommandError as error:
             code = _exit_code(error)
-            reason = failure_reason(collector.diagnostics, "\n".join(stderr) or str(error), code)
+            reason = ws.explained(failure_reason(collector.diagnostics, "\n".join(stderr) or str(error), code))
             out(f"# fleet: failed: {reason}")
             return StackResult(name, FAILED, collector.changes(), reason, time.monotonic() - started, log_path)
         except Exception as error:  # the CLI could not even start: say so, keep the fleet going
