@@ -150,6 +150,7 @@ class BoundedRetryPolicy(RetryPolicy[HttpRequest, HttpResponse]):
             until = time.monotonic() + retry_after + random.uniform(0.05, 0.05 + min(1.0, retry_after / 10))  # noqa: S311
             with self._lock:
                 self._hold_until = max(self._hold_until, until)
+            log.debug("Retry-After %.1f s: every request of this client waits until it has passed", retry_after)
         if error is not None and _tls_refused(error):
             return False
         if not super().increment(settings, response=response, error=error):

@@ -256,11 +256,26 @@ def test_retry_after_window_holds_other_requests_of_the_same_client(sandbox, org
     client.who_am_i()
     mark = log_mark(sandbox)
     sandbox.control.add_fault(method="GET", path="WhoAmI$", status=429, retry_after=1, org=org_name(org))
-    first = threading.Thread(target=client.who_am_i)
-    first.start()
-    time.sleep(0.3)  # the 429 has arrived: the window is open
-    client.query("leads", select=["leadid"])
-    first.join()
+    opened = threading.Event()  # the client has read the 429 and holds its requests (its debug line says so)
+
+    class WindowOpened(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("Retry-After"):
+                opened.set()
+
+    http_log, handler = logging.getLogger("dynamics_provider.http"), WindowOpened()
+    level = http_log.level
+    http_log.addHandler(handler)
+    http_log.setLevel(logging.DEBUG)
+    try:
+        first = threading.Thread(target=client.who_am_i)
+        first.start()
+        assert opened.wait(60), "the client never read the WhoAmI 429"
+        client.query("leads", select=["leadid"])
+        first.join()
+    finally:
+        http_log.removeHandler(handler)
+        http_log.setLevel(level)
     assert not any(e["inside_retry_after"] for e in sandbox.control.log(since=mark))
     gets = [e for e in sandbox.control.log(since=mark) if e["kind"] == "dataverse" and e["method"] == "GET"]
     assert gets[0]["status"] == 429

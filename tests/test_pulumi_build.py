@@ -110,10 +110,14 @@ def test_the_file_backend_writes_no_metadata_sidecar_that_a_kill_could_leave_emp
     """With fileblob's default, Pulumi writes `<stack>.json.attrs` in place next to each checkpoint; an empty
     one (a run killed between its create and its write) makes the stack unreadable. The project's backend
     URL (metadata=skip) writes none, and an empty one is exactly Pulumi's `failed to load checkpoint: EOF`."""
+    project = tmp_path / "project"  # `stack init` writes Pulumi.<stack>.yaml beside Pulumi.yaml: not in the repo
+    project.mkdir()
+    shutil.copy(REPO / "Pulumi.yaml", project / "Pulumi.yaml")
+
     def init(url: str, stack: str) -> Path:
         env = pulumi_env(REPO, home=tmp_path / "home", backend=tmp_path / "state", base={"PATH": "/usr/bin"})
         env["PULUMI_BACKEND_URL"] = url
-        done = subprocess.run([str(PULUMI), "stack", "init", stack, "--non-interactive"], cwd=REPO, env=env,
+        done = subprocess.run([str(PULUMI), "stack", "init", stack, "--non-interactive"], cwd=project, env=env,
                               capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         return next((tmp_path / "state").rglob(f"{stack}.json"))
@@ -126,6 +130,6 @@ def test_the_file_backend_writes_no_metadata_sidecar_that_a_kill_could_leave_emp
     assert sidecar.stat().st_size > 0, "fileblob's default writes the sidecar"
     sidecar.write_bytes(b"")  # what a SIGKILL between os.Create and the JSON write leaves
     env = pulumi_env(REPO, home=tmp_path / "home", backend=tmp_path / "state", base={"PATH": "/usr/bin"})
-    done = subprocess.run([str(PULUMI), "stack", "export", "--stack", "sidecar"], cwd=REPO, env=env,
+    done = subprocess.run([str(PULUMI), "stack", "export", "--stack", "sidecar"], cwd=project, env=env,
                           capture_output=True, text=True)
     assert done.returncode != 0 and "failed to load checkpoint: EOF" in done.stderr
