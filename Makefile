@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench lint sandbox pulumi actionlint clean
+.PHONY: demo test test-fast bench lint sandbox pulumi actionlint azurite clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,13 +18,16 @@ pulumi:               ## the Pulumi CLI + Python language host in .tools/bin (re
 actionlint:           ## the workflow linter the CI-template tests run, in .tools/bin (pinned Go module)
 	tools/actionlint/build.sh
 
+azurite:              ## Azurite (Azure Storage emulator) for the fleet's azblob:// tests, in .tools/azurite (pinned npm package)
+	tools/azurite/build.sh
+
 demo: $(STAMP) pulumi ## the main job: the dev stack against the local sandbox, through .tools/bin/pulumi
 	$(PY) -m tools.demo
 
-test: $(STAMP) pulumi actionlint lint ## lint (ruff, mypy), then the whole suite, heavy matrices included
+test: $(STAMP) pulumi actionlint azurite lint ## lint (ruff, mypy), then the whole suite, heavy matrices included
 	$(PY) -m pytest -n 2 --dist worksteal -q
 
-test-fast: $(STAMP) pulumi actionlint ## the suite without the heavy matrices
+test-fast: $(STAMP) pulumi actionlint azurite ## the suite without the heavy matrices
 	$(PY) -m pytest -n 2 --dist worksteal -q -m "not heavy"
 
 bench: $(STAMP) pulumi ## performance figures against design.md's targets
