@@ -18,7 +18,9 @@ Sources:
   https://learn.microsoft.com/rest/api/storageservices/create-container ; its Shared Key signature:
   https://learn.microsoft.com/rest/api/storageservices/authorize-with-shared-key
 - Pulumi's URL for Azurite (`localemu=true&domain=…&protocol=http`, account from AZURE_STORAGE_ACCOUNT, key
-  from AZURE_STORAGE_KEY): gocloud.dev's azureblob URL opener, which Pulumi's DIY backend uses.
+  from AZURE_STORAGE_KEY): gocloud.dev's azureblob URL opener, which Pulumi's DIY backend uses (module
+  gocloud.dev v0.46.1-0.20260810195832-b5401c07b5f1, blob/azureblob/azureblob.go, as the CLI pin resolves it).
+  The container must exist: Pulumi does not create it (login answers 404 ContainerNotFound).
 """
 
 from __future__ import annotations
