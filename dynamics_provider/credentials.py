@@ -7,7 +7,9 @@ sandbox) gets instance discovery disabled, as azure-identity documents for autho
 
 from __future__ import annotations
 
+import base64
 import functools
+import json
 import logging
 import re
 import threading
@@ -65,19 +67,68 @@ class Authority:
             request.http_request.url = f"https://{self.host}/" + request.http_request.url[len(bare):]
 
 
+def _whole_seconds(value: Any) -> bool:
+    """A lifetime msal and azure-identity both read: a number, or a string of digits (Entra's v1.0 endpoint
+    writes lifetimes as strings, Microsoft Learn "Make your first API call" for the marketplace)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return value == value and value not in (float("inf"), float("-inf")) and value >= 0
+    return isinstance(value, str) and value.strip().isdigit()
+
+
+def _jwt_claims(token: Any) -> bool:
+    parts = token.split(".") if isinstance(token, str) else []
+    if len(parts) != 3:
+        return False
+    try:
+        payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
+        return isinstance(json.loads(payload), dict)
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+
+def token_answer_problem(body: Any) -> str | None:
+    """What in a 2xx answer of the token endpoint msal / azure-identity cannot use, described by field names and
+    types only (the answer holds tokens), or None. Documented: `token_type`, `expires_in` (int), `access_token`,
+    and for a user sign-in `scope`, `refresh_token`, `id_token` (entra-docs: client credentials and ROPC
+    pages); `ext_expires_in` and `refresh_in` are read when present, as numbers or digit strings."""
+    if not isinstance(body, Mapping):
+        return "it is not a JSON object" if body is not None else "it is not JSON"
+    fields = sorted(str(key) for key in body)[:12]
+    missing = [name for name in ("access_token", "expires_in") if body.get(name) in (None, "")]
+    if missing:
+        return f"it has no {' and no '.join(missing)} (fields: {fields})"
+    for name in ("expires_in", "ext_expires_in", "refresh_in"):
+        if name in body and not _whole_seconds(body[name]):
+            return f"its {name} is a {type(body[name]).__name__} that is not a number of seconds"
+    if "id_token" in body and not _jwt_claims(body["id_token"]):
+        return "its id_token is not a readable JWT"
+    return None
+
+
 class EntraAnswers(threading.local):
     """raw_response_hook: this thread's error answers from Entra since `clear()` (count, last status, last
-    OAuth error body), which azure-identity reduces to a message."""
+    OAuth error body), which azure-identity reduces to a message, and what was wrong with the last successful
+    token answer if msal / azure-identity cannot use it (`token_problem`, by shape, never by value)."""
 
     refusals: int = 0
     status: int | None = None
     body: Mapping[str, Any] | None = None
+    token_problem: str | None = None
 
     def clear(self) -> None:
-        self.refusals, self.status, self.body = 0, None, None
+        self.refusals, self.status, self.body, self.token_problem = 0, None, None, None
 
     def __call__(self, response: PipelineResponse[Any, Any]) -> None:
         answer = response.http_response
+        request = response.http_request
+        if answer.status_code < 400 and request.method == "POST" and urlsplit(request.url).path.endswith("/token"):
+            try:
+                parsed = json.loads(answer.text(encoding="utf-8") or "null")
+            except ValueError:
+                parsed = None
+            self.token_problem = token_answer_problem(parsed)
         if answer.status_code >= 400:
             self.refusals, self.status = self.refusals + 1, answer.status_code
             try:
@@ -139,6 +190,11 @@ class Identity:
             what += f" (HTTP {answers.status} on each of {answers.refusals} attempt(s) to {where})"
         if answers.body is not None:
             return oauth_error(answers.body, what, self._secrets)
+        if answers.token_problem is not None:
+            return AuthenticationError(
+                f"{what}: {where} answered with a token this program cannot read: {answers.token_problem}",
+                hint="Check that the authority host is Entra ID's login host (lead-destination:authorityHost) and "
+                     "retry; if it persists, report it with the field names above")
         if answers.status in RETRY_STATUSES:
             return AuthenticationError(f"{what}: Entra ID did not issue a token",
                                        hint="Entra ID is unavailable or throttling this identity: retry later")

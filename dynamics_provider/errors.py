@@ -138,6 +138,18 @@ class ServiceUnavailable(DataverseError):
     default_hint = "The service is unavailable or unreachable: retry later; check the instance URL and network"
 
 
+class UnexpectedAnswer(DataverseError):
+    """Dataverse answered a success the client does not understand (a shape Microsoft documents nothing
+    about and the client has no reading for); the message names the operation and what was unexpected,
+    never the value itself."""
+
+    default_hint = ("this organization answered in a shape the program does not know: nothing was changed on "
+                    "the strength of it; report the operation and the sentence above")
+
+    def __init__(self, operation: str, what: str, *, method: str = "GET", path: str = "") -> None:
+        super().__init__(200, None, f"{operation}: {what}", method=method, path=path or operation)
+
+
 class AmbiguousWriteError(LeadDestinationError):
     """A non-idempotent write may or may not have been applied: look it up before trying again."""
 

@@ -35,6 +35,10 @@ from dynamics_provider.errors import AccessDenied, AuthenticationError, Datavers
 INPUTS = ("instance_url", "tenant_id", "client_id", "client_secret", "username", "password", "keep_lead", "triggers")
 SECRET_INPUTS = ("client_secret", "password")
 _PRIVILEGE = re.compile(r"\b(prv[A-Za-z0-9_]+)")
+# 0x80040220's text names the privilege ("… is missing prvCreateLead privilege …") or, in the SecLib form,
+# only the access right ("SecLib::AccessCheckEx failed … AccessRights: CreateAccess"): both are read (inferred:
+# Microsoft documents the code, not the wording).
+_ACCESS_RIGHT = re.compile(r"AccessRights:\s*(Create|Read|Write|Delete|AppendTo|Append|Assign|Share)Access", re.I)
 # Dataverse's unManagedidsusernotenabled: the Web API answers a disabled caller 400 with this code (not 401/403)
 USER_NOT_ENABLED = "0x80040225"
 _LEAD_NAMESPACE = uuid.UUID("4c0e7f0a-6a52-4d8e-9a53-0d5b3c1f2a77")
@@ -213,10 +217,25 @@ class LeadWriteCheckProvider(DataverseResourceProvider):
             if role_ids == []:
                 return fail("the lead writer has no security role",
                             "assign the Microsoft Marketplace Lead Writer role (SecurityRoleAssignment)")
-        match = _PRIVILEGE.search(exc.message or "")
-        privilege = match.group(1) if match else "a privilege"
+        if (exc.code or "").lower() == USER_NOT_ENABLED:
+            # the organization says the user is not enabled, yet it is not disabled: a licence or access mode
+            # the organization does not accept (the text of 0x80040225 varies; only its code is relied on)
+            return fail("the organization reports the lead writer's user as not enabled",
+                        "check the user's access mode and licence in the organization (Settings → Users), "
+                        "then run `pulumi up`")
+        privilege = _missing_privilege(exc.message or "")
         return fail(f"the lead writer's role is missing {privilege}",
                     f"grant {privilege} to the lead writer's role (RolePrivileges) and run `pulumi up`")
+
+
+def _missing_privilege(message: str) -> str:
+    """The privilege a 0x80040220 text names, the lead privilege its access right stands for, or "a privilege"."""
+    if match := _PRIVILEGE.search(message):
+        return match.group(1)
+    if match := _ACCESS_RIGHT.search(message):
+        right = match.group(1).lower()
+        return "prv" + {"appendto": "AppendTo"}.get(right, right.capitalize()) + "Lead"
+    return "a privilege"
 
 
 class LeadWriteCheck(Resource, module="dynamics", name="LeadWriteCheck"):

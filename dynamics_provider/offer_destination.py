@@ -42,6 +42,7 @@ from dynamics_provider.partner_center import (
     ProductIngestion,
     contact_list,
     customer_leads,
+    field,
     no_lead_destination,
     observed_fields,
     partner_center_client,
@@ -251,7 +252,7 @@ class OfferLeadDestinationProvider(ProviderBase):
             product_id = self._product(api, plain["offer_id"])
             _, before = api.draft_customer_leads(product_id)
             # leads already flowing to a destination someone else set are not switched off by our destroy
-            set_by_stack = (before or {}).get("leadDestination") in (None, "none")
+            set_by_stack = field(before, "leadDestination") in (None, "none")
             job_id = self._apply(plain, product_id)
         if not set_by_stack:
             tell(f"OfferLeadDestination {plain['offer_id']}: the offer already had a lead destination: adopted and "
@@ -312,7 +313,7 @@ class OfferLeadDestinationProvider(ProviderBase):
             if not exists or not product_id:
                 return
             seen = observed_fields(resource)
-            if (resource or {}).get("leadDestination") != "dynamics" or (
+            if field(resource, "leadDestination") != "dynamics" or (
                 (seen["instance_url"] or "").rstrip("/").lower() != (plain.get("instance_url") or "").lower()
             ):
                 tell(f"OfferLeadDestination {plain.get('offer_id')}: lead destination left as it is (it points "

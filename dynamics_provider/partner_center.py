@@ -1,10 +1,17 @@
 """Partner Center's Product Ingestion API (behind Microsoft Graph), one layer below OfferLeadDestination:
 its client, the product lookup, the draft `customer-leads` resource, and configure jobs polled to the end.
+
+Microsoft's pages spell the API's names two ways (Learn "Product Ingestion API for the commercial
+marketplace": `jobID`, `identity.externalID`, `externalID=`; its 2022 version: `jobId`, `externalId`), so every
+answer is read by name without regard to case (`field`). An answer this module does not understand fails with
+`UnreadableAnswer`, naming the operation and the shape it saw (field names and types, never values).
+Sources per behaviour: docs/sandbox.md, "Partner Center".
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -35,6 +42,107 @@ WIRE_NAMES = {"instance_url": "instanceUrl", "authentication": "authentication",
 
 class OfferConfigurationError(LeadDestinationError):
     """Partner Center refused or failed a configure job; the API's errors are quoted (secrets redacted)."""
+
+
+class UnreadableAnswer(LeadDestinationError):
+    """Partner Center answered something this client does not understand (named by shape, never by value)."""
+
+
+# jobStatus values of Microsoft's examples: notStarted, running, completed; jobResult: pending, succeeded,
+# failed, cancelled (Learn: "Product Ingestion API for the commercial marketplace", "Job status and retrieve
+# private offer detail via API"). Other values are not documented: a job is over when its status is completed
+# or its result is final, whatever else it says (inferred).
+FINAL_RESULTS = frozenset({"succeeded", "failed", "cancelled", "canceled"})
+_WORD = re.compile(r"^[A-Za-z][A-Za-z0-9_ .-]{0,39}$")
+CHECK_THE_DRAFT = ("check the offer's draft lead destination in Partner Center, or run `pulumi up` again "
+                   "(configure is declarative: sending it again is safe)")
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")  # Microsoft's examples: GUIDs
+
+
+def field(obj: Any, name: str) -> Any:
+    """`obj[name]` read without regard to case (`jobID` / `jobId`, `externalID` / `externalId`); the exact
+    spelling wins when both are present. None when `obj` is not an object or has no such field."""
+    if not isinstance(obj, Mapping):
+        return None
+    if name in obj:
+        return obj[name]
+    folded = name.casefold()
+    return next((value for key, value in obj.items() if isinstance(key, str) and key.casefold() == folded), None)
+
+
+def shape(value: Any) -> str:
+    """What an answer looks like, for an error message: its type and field names, never its values."""
+    if isinstance(value, Mapping):
+        keys = sorted(str(k) for k in value)[:12]
+        return f"an object with fields {keys}" if keys else "an empty object"
+    if isinstance(value, list):
+        return f"a list of {len(value)} item(s)"
+    return "no JSON body" if value is None else f"a JSON {type(value).__name__}"
+
+
+def word(value: Any) -> str:
+    """A status word quoted if it looks like one; anything else is described, not echoed."""
+    if isinstance(value, str) and _WORD.match(value):
+        return repr(value)
+    return "none" if value is None else f"an unrecognised {type(value).__name__} value"
+
+
+def answer_json(resp: Any, what: str) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        raise UnreadableAnswer(f"Partner Center's answer to {what} is not JSON (HTTP {resp.status_code})",
+                               hint="retry later; if it persists, the API has changed: report it") from None
+
+
+def product_list(body: Any, offer_id: str) -> list[Any]:
+    """The products of a lookup answer: `{"value": [...]}` (the API's list shape, inferred from its documented
+    submission list), a bare list, or the one product itself (the page says the query "returns the
+    configuration of that respective product")."""
+    value = field(body, "value")
+    if isinstance(value, list):
+        return value
+    if isinstance(body, list):
+        return body
+    if isinstance(body, Mapping) and (field(body, "identity") is not None or
+                                      str(field(body, "id") or "").startswith("product/")):
+        return [body]
+    raise UnreadableAnswer(
+        f"Partner Center's product lookup for offer {offer_id!r} answered {shape(body)}, not a product list",
+        hint="retry later; if it persists, the Product Ingestion API has changed: report it")
+
+
+def product_summary(product: Any) -> str:
+    """A returned product named by its durable id, external id and alias (none of them secret)."""
+    if not isinstance(product, Mapping):
+        return shape(product)
+    parts = [f"{label} {str(value)[:80]!r}" for label, value in (
+        ("id", field(product, "id")), ("externalID", field(field(product, "identity"), "externalID")),
+        ("alias", field(product, "alias"))) if isinstance(value, str | int) and value != ""]
+    return ", ".join(parts) or f"a product without id or identity ({shape(product)})"
+
+
+def job_errors(errors: Any) -> str:
+    """A job's `errors` as text: items of {code, message} (Microsoft's examples), with `details` and
+    `resourceName` when present, or plain strings; anything else by its shape."""
+    if errors in (None, [], {}):
+        return ""
+    items = errors if isinstance(errors, list) else [errors]
+    texts = []
+    for item in items[:20]:
+        if isinstance(item, str):
+            texts.append(item)
+        elif isinstance(item, Mapping):
+            text = f"{field(item, 'code') or '?'}: {field(item, 'message') or ''}".strip()
+            if isinstance(field(item, "resourceName"), str):
+                text = f"{field(item, 'resourceName')}: {text}"
+            details = field(item, "details")
+            if isinstance(details, list) and details:
+                text += f" ({job_errors(details)})"
+            texts.append(text)
+        else:
+            texts.append(shape(item))
+    return "; ".join(texts)
 
 
 class PartnerCenterClient(ApiClient):
@@ -79,12 +187,13 @@ def no_lead_destination(product_id: str, version: str) -> dict[str, Any]:
 
 def observed_fields(resource: Mapping[str, Any] | None) -> dict[str, Any]:
     """Non-secret destination settings as Partner Center holds them (None where not dynamics)."""
-    config = (resource or {}).get("dynamicsLeadConfiguration") or {}
-    if (resource or {}).get("leadDestination") != "dynamics" or not isinstance(config, dict):
+    config = field(resource, "dynamicsLeadConfiguration") or {}
+    if field(resource, "leadDestination") != "dynamics" or not isinstance(config, Mapping):
         config = {}
-    out = {key: config.get(WIRE_NAMES[key]) for key in COMPARED_FIELDS}
-    out["contact_emails"] = contact_list(config.get("contactEmail"))
-    out["secret_present"] = bool(config.get("applicationKey") or config.get("password"))
+    out = {key: field(config, WIRE_NAMES[key]) for key in COMPARED_FIELDS}
+    emails = field(config, "contactEmail")
+    out["contact_emails"] = contact_list(emails if isinstance(emails, str | list) else None)
+    out["secret_present"] = bool(field(config, "applicationKey") or field(config, "password"))
     return out
 
 
@@ -130,32 +239,55 @@ class ProductIngestion:
         self.client = client
         self.version = version
 
-    def _get(self, path: str, **params: str) -> dict[str, Any]:
+    def _get(self, path: str, what: str, **params: str) -> Any:
         resp = self.client.request("GET", path, params={"$version": self.version, **params}, idempotent=True)
-        body: dict[str, Any] = resp.json()
-        return body
+        return answer_json(resp, what)
 
     def find_product(self, offer_id: str) -> str | None:
-        """`product/{guid}` of the offer with this external id, or None."""
-        for product in self._get("product", externalId=offer_id).get("value", []):
-            if (product.get("identity") or {}).get("externalId", offer_id) == offer_id:
-                return str(product["id"])
-        return None
+        """`product/{guid}` of the product whose identity names this offer id; None when the lookup finds no
+        product. Products returned that name another offer are never taken: an error lists them."""
+        body = self._get("product", f"the product lookup for offer {offer_id!r}", externalID=offer_id)
+        products = product_list(body, offer_id)
+        for product in products:
+            if field(field(product, "identity"), "externalID") != offer_id:
+                continue
+            durable = field(product, "id")
+            if not isinstance(durable, str) or not durable.strip("/ "):
+                raise UnreadableAnswer(
+                    f"Partner Center's product lookup found offer {offer_id!r} but gave no durable id "
+                    f"({shape(product)})", hint="retry later; if it persists, report it")
+            durable = durable.strip("/ ")
+            return durable if durable.startswith("product/") else f"product/{durable}"
+        if not products:
+            return None
+        listed = "; ".join(product_summary(p) for p in products[:5])
+        more = f" and {len(products) - 5} more" if len(products) > 5 else ""
+        raise UnreadableAnswer(
+            f"Partner Center's product lookup for offer {offer_id!r} returned {len(products)} product(s), none "
+            f"whose identity names that offer: {listed}{more}",
+            hint="check offer_id (Partner Center → offer → Offer setup → Offer ID); nothing was changed")
 
     def draft_customer_leads(self, product_id: str) -> tuple[bool, dict[str, Any] | None]:
         """(product exists, the draft `customer-leads` resource or None)."""
         guid = product_id.removeprefix("product/")
+        what = f"the draft resource tree of product/{guid}"
         try:
-            tree = self._get(f"resource-tree/product/{quote(guid)}", targetType="draft")
+            tree = self._get(f"resource-tree/product/{quote(guid)}", what, targetType="draft")
         except PartnerCenterError as exc:
             if exc.status == 404:
                 return False, None
             raise
-        for resource in tree.get("resources", []):
-            if "/customer-leads/" in str(resource.get("$schema", "")) or str(resource.get("id", "")).startswith(
-                "customer-leads/"
-            ):
-                return True, resource
+        resources = field(tree, "resources")
+        if not isinstance(resources, list):
+            raise UnreadableAnswer(f"Partner Center's answer to {what} has no resources list ({shape(tree)})",
+                                   hint="retry later; if it persists, the Product Ingestion API has changed")
+        for resource in resources:
+            if not isinstance(resource, Mapping):
+                continue
+            if "/customer-leads/" in str(field(resource, "$schema") or "") or str(
+                field(resource, "id") or ""
+            ).startswith("customer-leads/"):
+                return True, dict(resource)
         return True, None
 
     def configure(self, resource: dict[str, Any], *, timeout: float, secret_values: list[str | None]) -> str:
@@ -164,23 +296,58 @@ class ProductIngestion:
 
         body = {"$schema": f"{SCHEMA_BASE}/configure/{self.version}", "resources": [resource]}
         # configure is declarative (same body → same draft), so a retry after a lost answer is safe
+        product = resource.get("product")
         resp = self.client.request("POST", "configure", params={"$version": self.version}, json=body,
                                    idempotent=True)
-        job_id = str(resp.json()["jobId"])
-        log.info("Partner Center configure job %s submitted for %s", job_id, resource.get("product"))
+        try:
+            answer = resp.json()
+        except ValueError:
+            answer = None
+        job_id = field(answer, "jobID")
+        if isinstance(job_id, bool) or not isinstance(job_id, str | int) or not _JOB_ID.match(str(job_id).strip()):
+            got = "without a job id" if job_id in (None, "") else "with a job id it cannot read"
+            raise UnreadableAnswer(
+                f"Partner Center answered the configure request for {product} (HTTP {resp.status_code}) {got} "
+                f"({shape(answer)}): the request may have been accepted and the draft changed",
+                hint=CHECK_THE_DRAFT)
+        job_id = str(job_id).strip()
+        log.info("Partner Center configure job %s submitted for %s", job_id, product)
+        what = f"Partner Center configure job {job_id}"
+        seen: list[Any] = []
 
-        def probe() -> dict[str, Any] | None:
-            status = self._get(f"configure/{quote(job_id)}/status")
-            return status if status.get("jobStatus") == "completed" else None
+        def probe() -> Any:
+            try:
+                status = self._get(f"configure/{quote(job_id)}/status", f"the status of configure job {job_id}")
+            except PartnerCenterError as exc:
+                if exc.status != 404:
+                    raise
+                raise UnreadableAnswer(
+                    f"Partner Center does not know configure job {job_id}, which it gave for {product} (HTTP 404 "
+                    "on its status): the configure request may have been accepted and the draft changed",
+                    hint=CHECK_THE_DRAFT) from None
+            if not isinstance(status, Mapping):
+                raise UnreadableAnswer(f"Partner Center's status of configure job {job_id} is {shape(status)}",
+                                       hint="retry later; if it persists, the Product Ingestion API has changed")
+            state, result = field(status, "jobStatus"), field(status, "jobResult")
+            seen[:] = [state]
+            final = str(result).lower() in FINAL_RESULTS or str(state).lower() in FINAL_RESULTS | {"completed"}
+            return status if final else None
 
-        status = wait_until(probe, timeout=timeout, what=f"Partner Center configure job {job_id}",
-                            first_delay=JOB_FIRST_DELAY, max_delay=JOB_MAX_DELAY)
-        if status.get("jobResult") != "succeeded":
-            errors = status.get("errors") or []
-            text = "; ".join(f"{e.get('code', '?')}: {e.get('message', '')}" if isinstance(e, dict) else str(e)
-                             for e in errors) or "no error details"
-            raise OfferConfigurationError(
-                redact(f"configure job {job_id} {status.get('jobResult', 'failed')}: {text}", secret_values),
-                hint="fix the lead destination settings named above; Partner Center keeps the previous draft",
-            )
-        return job_id
+        try:
+            status = wait_until(probe, timeout=timeout, what=what, first_delay=JOB_FIRST_DELAY,
+                                max_delay=JOB_MAX_DELAY)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc} (last jobStatus: {word(seen[0] if seen else None)})") from None
+        result = field(status, "jobResult")
+        if str(result).lower() == "succeeded":
+            return job_id
+        text = job_errors(field(status, "errors"))
+        if str(result).lower() in FINAL_RESULTS:
+            outcome = str(result).lower()
+        else:
+            outcome = f"ended with jobStatus {word(field(status, 'jobStatus'))} and jobResult {word(result)}"
+        raise OfferConfigurationError(
+            redact(f"configure job {job_id} {outcome}: {text or 'no error details'}", secret_values),
+            hint="fix the lead destination settings named above; Partner Center keeps the previous draft"
+            if outcome == "failed" else "check the offer's draft in Partner Center, then run `pulumi up` again",
+        )

@@ -1,4 +1,4 @@
-"""`python -m fleet add|preview|up|status|matrix`: the command line."""
+"""`python -m fleet add|preview|up|status|doctor|matrix`: the command line."""
 
 from __future__ import annotations
 
@@ -9,18 +9,21 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from fleet.doctor import CHECKS, printable, run_doctor
 from fleet.locks import parse_age
 from fleet.onboard import Row, onboard, read_inventory, set_path
-from fleet.progress import progress_for
+from fleet.progress import Progress, progress_for
 from fleet.report import (
     DRIFTED,
     FAILED,
     LOCKED,
     StackResult,
+    doctor_headline,
+    doctor_markdown,
     headline,
     line,
     markdown,
@@ -38,10 +41,10 @@ DEFAULT_PARALLEL = min(8, max(2, os.cpu_count() or 2))
 
 EPILOG = """\
 exit codes:
-  0  every stack in sync (preview), converged (up), created (add), nothing flagged (status)
-  1  at least one stack failed, or an inventory row was bad
+  0  every stack in sync (preview), converged (up), created (add), nothing flagged (status), ready (doctor)
+  1  at least one stack failed (doctor: a check failed), or an inventory row was bad
   2  usage error: bad arguments, no stack matches a pattern, unreadable inventory, no Pulumi CLI
-  3  no failure, but something needs a look: drift found (preview), flags raised (status)
+  3  no failure, but something needs a look: drift found (preview), flags raised (status), warnings (doctor)
   4  no failure, but another run holds the lock of some stacks (up): reported `locked`, with the owner
   130  interrupted (Ctrl-C): running stacks cancel the Pulumi way, the others are reported not run
 
@@ -118,6 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("-p", "--parallel", type=int, default=DEFAULT_PARALLEL, metavar="N")
     _common(status)
 
+    doctor = sub.add_parser("doctor", help="read-only preflight of each stack's organization before `pulumi up`",
+                            description="Read-only preflight, per stack: the deploying identity signs in and is "
+                            "System Administrator, the Web API version, the Lead Writer solution, its role, the "
+                            "privileges spec, the lead writer app's sign-in, the Partner Center offer. Sends token "
+                            "requests and GETs only.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    doctor.add_argument("patterns", nargs="*", metavar="STACK-PATTERN",
+                        help="stack names or globs (e.g. 'contoso-*'); default every stack of the project")
+    doctor.add_argument("-p", "--parallel", type=int, default=DEFAULT_PARALLEL, metavar="N",
+                        help=f"stacks at a time (default {DEFAULT_PARALLEL})")
+    _common(doctor)
+
     matrix = sub.add_parser("matrix", help="the stacks as a CI matrix (JSON on stdout)")
     matrix.add_argument("patterns", nargs="*", metavar="STACK-PATTERN")
     matrix.add_argument("--shards", type=int, metavar="N",
@@ -138,7 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         ws = Workspace(args.cwd)
-        command = {"add": _add, PREVIEW: _run, UP: _run, "status": _status, "matrix": _matrix}[args.command]
+        command = {"add": _add, PREVIEW: _run, UP: _run, "status": _status, "doctor": _doctor,
+                   "matrix": _matrix}[args.command]
         return command(ws, args)
     except FleetError as error:
         print(f"fleet: {error}", file=sys.stderr)
@@ -152,32 +167,50 @@ def _reports(args: argparse.Namespace, verb: str, results: list[StackResult], se
         write_json(args.json_path, results)
         print(f"JSON report: {args.json_path}")
     if args.markdown:
-        text = status_markdown(results, seconds, days or 0) if days is not None else markdown(verb, results, seconds, log_dir)
+        if verb == "doctor":
+            text = doctor_markdown(results, seconds, CHECKS)
+        elif days is not None:
+            text = status_markdown(results, seconds, days)
+        else:
+            text = markdown(verb, results, seconds, log_dir)
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(text)
         print(f"Markdown report: {args.markdown}")
 
 
-def _run(ws: Workspace, args: argparse.Namespace) -> int:
+def _stacks_to_run(ws: Workspace, args: argparse.Namespace) -> list[str]:
     if args.parallel < 1:
         raise FleetError("--parallel must be at least 1")
     names = ws.select(args.patterns)
     if not names:
         raise FleetError("the project has no stacks yet: fleet add NAME --instance-url URL, or fleet add --from FILE")
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    log_dir = (args.log_dir or ws.dir / ".fleet" / "logs" / f"{stamp}-{args.command}").resolve()
+    return names
+
+
+def _with_progress(args: argparse.Namespace, names: list[str], note: str,
+                   work: Callable[[Progress], list[StackResult]]) -> tuple[list[StackResult], float, bool]:
+    """`work` under the command's progress display: (results, seconds, interrupted by Ctrl-C)."""
     progress = progress_for(args.command, names)
-    progress.start(min(args.parallel, len(names)), f"; logs in {log_dir}")
+    progress.start(min(args.parallel, len(names)), note)
     started = time.monotonic()
-    interrupted = False
     try:
-        results = run_fleet(ws, names, args.command, parallel=args.parallel, log_dir=log_dir, progress=progress,
-                            refresh=args.refresh, recover_older_than=getattr(args, "recover_older_than", None))
+        results, interrupted = work(progress), False
     except Interrupted as stop:
         results, interrupted = stop.results, True
     finally:
         progress.close()
-    seconds = time.monotonic() - started
+    return results, time.monotonic() - started, interrupted
+
+
+def _run(ws: Workspace, args: argparse.Namespace) -> int:
+    names = _stacks_to_run(ws, args)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    log_dir = (args.log_dir or ws.dir / ".fleet" / "logs" / f"{stamp}-{args.command}").resolve()
+    results, seconds, interrupted = _with_progress(
+        args, names, f"; logs in {log_dir}",
+        lambda progress: run_fleet(ws, names, args.command, parallel=args.parallel, log_dir=log_dir,
+                                   progress=progress, refresh=args.refresh,
+                                   recover_older_than=getattr(args, "recover_older_than", None)))
     print(headline(args.command, results, seconds) + (" (interrupted)" if interrupted else ""))
     _reports(args, args.command, results, seconds, log_dir)
     if interrupted:
@@ -263,6 +296,22 @@ def _status(ws: Workspace, args: argparse.Namespace) -> int:
     if any(r.status == FAILED for r in results):
         return EXIT_FAILED
     return EXIT_ATTENTION if flagged else EXIT_OK
+
+
+def _doctor(ws: Workspace, args: argparse.Namespace) -> int:
+    names = _stacks_to_run(ws, args)
+    results, seconds, interrupted = _with_progress(
+        args, names, "; read-only", lambda progress: run_doctor(ws, names, parallel=args.parallel, progress=progress))
+    print()
+    for result in results:
+        print("\n".join(printable(result)))
+    print(doctor_headline(results, seconds) + (" (interrupted)" if interrupted else ""))
+    _reports(args, "doctor", results, seconds)
+    if interrupted:
+        return EXIT_INTERRUPTED
+    if any(r.status == FAILED for r in results):
+        return EXIT_FAILED
+    return EXIT_ATTENTION if any(r.status == DRIFTED for r in results) else EXIT_OK
 
 
 def shards(names: Sequence[str], count: int | None) -> list[dict[str, object]]:

@@ -3,8 +3,9 @@ lines printed when no terminal is attached, and the one-line reason of a failure
 
 JSON (`--json PATH`): `{"stacks": [{"name", "status", "changes": [{"resource", "type", "properties"}],
 "error", "duration_s"}]}` with `status` one of in-sync, drifted, changed, locked, failed; `fleet status` adds
-`flags` and `details` to each stack; a locked stack (another run holds it) has `lock` (owner, since, …)
-and `pending` (the resources its checkpoint has pending creates for).
+`flags` and `details` to each stack, `fleet doctor` adds `flags` and `checks` (`{"name", "status", "detail",
+"advice"}`, status one of ok, warn, fail, skipped); a locked stack (another run holds it) has `lock` (owner,
+since, …) and `pending` (the resources its checkpoint has pending creates for).
 """
 
 from __future__ import annotations
@@ -44,6 +45,28 @@ class Change:
         return f"{self.op} {self.resource}{props}"
 
 
+# What one `fleet doctor` check found.
+OK, WARN, FAIL, SKIPPED = "ok", "warn", "fail", "skipped"
+_CHECK_ICON = {OK: "✅", WARN: "⚠️", FAIL: "❌", SKIPPED: "➖"}
+
+
+@dataclass
+class Check:
+    """One preflight check of a stack: `name` (e.g. system-administrator), its status, what it found, and
+    what to do when it is not ok."""
+
+    name: str
+    status: str
+    detail: str
+    advice: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status, "detail": self.detail, "advice": self.advice}
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.detail}"
+
+
 @dataclass
 class StackResult:
     name: str
@@ -54,6 +77,7 @@ class StackResult:
     log: Path | None = None
     flags: list[str] | None = None  # fleet status only
     details: dict[str, Any] | None = None  # fleet status only
+    checks: list[Check] | None = None  # fleet doctor only
     lock: dict[str, Any] | None = None  # the lock that refused the run, or that fleet removed (recovered)
     pending: list[str] | None = None  # resources with pending creates, when a lock is involved
 
@@ -65,6 +89,8 @@ class StackResult:
             data["flags"] = list(self.flags)
         if self.details is not None:
             data["details"] = dict(self.details)
+        if self.checks is not None:
+            data["checks"] = [c.to_json() for c in self.checks]
         if self.lock is not None:
             data["lock"] = dict(self.lock)
         if self.pending is not None:
@@ -153,10 +179,15 @@ def markdown(verb: str, results: Sequence[StackResult], seconds: float, log_dir:
                     f"<br>{detail}" if detail else "")
             out.append(f"| `{_cell(r.name)}` | {_ICON.get(r.status, '')} {r.status} | {detail} | {r.duration_s:.1f} s |")
         out.append("")
-    if quiet:
-        out += [f"<details><summary>{len(quiet)} in sync</summary>", "",
-                ", ".join(f"`{_cell(n)}`" for n in quiet), "", "</details>", ""]
-    return "\n".join(out)
+    return "\n".join(out + _folded(quiet, "in sync"))
+
+
+def _folded(names: Sequence[str], label: str) -> list[str]:
+    """The stacks with nothing to report, folded away under `<count> <label>`."""
+    if not names:
+        return []
+    return [f"<details><summary>{len(names)} {label}</summary>", "", ", ".join(f"`{_cell(n)}`" for n in names), "",
+            "</details>", ""]
 
 
 def status_markdown(results: Sequence[StackResult], seconds: float, days: int) -> str:
@@ -175,6 +206,39 @@ def status_markdown(results: Sequence[StackResult], seconds: float, days: int) -
             f"| {_cell(str(d.get('offer') or '—'))} | {_cell(flags) if r.status == FAILED else flags} |")
     out.append("")
     return "\n".join(out)
+
+
+def doctor_headline(results: Sequence[StackResult], seconds: float) -> str:
+    tally = counts(results)
+    parts = [f"{tally[FAILED]} failed"] if tally[FAILED] else []
+    parts += [f"{tally[DRIFTED]} with warnings"] if tally[DRIFTED] else []
+    parts += [f"{tally[IN_SYNC]} ready"] if tally[IN_SYNC] else []
+    return f"fleet doctor: {len(results)} stack(s) in {_duration(seconds)} — {', '.join(parts) or 'nothing checked'}"
+
+
+def doctor_markdown(results: Sequence[StackResult], seconds: float, check_names: Sequence[str]) -> str:
+    """`fleet doctor` for a CI job summary: a table of the stacks that need a look (one column per check),
+    what each failed or warning check found and what to do, the ready stacks folded away."""
+    out = [f"### {_cell(doctor_headline(results, seconds))}", ""]
+    noteworthy = sorted((r for r in results if r.status != IN_SYNC), key=lambda r: (_ORDER.get(r.status, 9), r.name))
+    ready = sorted(r.name for r in results if r.status == IN_SYNC)
+    if noteworthy:
+        out += ["| Stack | Status | " + " | ".join(check_names) + " |",
+                "| --- | --- | " + " | ".join("---" for _ in check_names) + " |"]
+        for r in noteworthy:
+            by_name = {c.name: c for c in r.checks or []}
+            cells = [_CHECK_ICON.get(by_name[n].status, "") if n in by_name else "—" for n in check_names]
+            out.append(f"| `{_cell(r.name)}` | {_ICON.get(r.status, '')} {r.status} | " + " | ".join(cells) + " |")
+        out.append("")
+        for r in noteworthy:
+            out.append(f"**`{_cell(r.name)}`**" + (f": {_cell(r.error)}" if not r.checks and r.error else ""))
+            out.append("")
+            for c in r.checks or []:
+                if c.status in (FAIL, WARN):
+                    advice = f" — *what to do:* {_cell(c.advice)}" if c.advice else ""
+                    out.append(f"- {_CHECK_ICON[c.status]} **{_cell(c.name)}**: {_cell(c.detail)}{advice}")
+            out.append("")
+    return "\n".join(out + _folded(ready, "ready"))
 
 
 # --- one-line reasons ---------------------------------------------------------------------------

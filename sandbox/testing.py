@@ -43,7 +43,21 @@ class ControlClient:
         self._call("DELETE", "log")
 
     def add_fault(self, **rule: Any) -> str:
+        """A fault rule (docs/architecture.md, `POST /_control/faults`), e.g. a status, a reset, or
+        `respond={"status": N, "headers": {...}, "body": ...}` to replay a recorded answer exactly."""
         return self._call("POST", "faults", rule)["id"]
+
+    def respond(self, path: str, status: int, body: Any = None, headers: dict[str, str] | None = None,
+                **rule: Any) -> str:
+        """Replay a recorded answer: the next `count` (default 1) authenticated requests matching `path`
+        (regex) and `method`/`org` (name or instance URL)/`after` get exactly this status, headers and body."""
+        if rule.get("org"):
+            rule["org"] = _org_name(rule["org"])  # a name or an instance URL
+        return self.add_fault(path=path, respond={"status": status, "headers": headers or {}, "body": body}, **rule)
+
+    def faults(self) -> list[dict[str, Any]]:
+        """The fault rules in place, each with its `remaining` count."""
+        return self._call("GET", "faults")["faults"]
 
     def clear_faults(self) -> None:
         self._call("DELETE", "faults")

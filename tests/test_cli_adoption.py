@@ -10,7 +10,7 @@ from pulumi.dynamic import Config, ConfigureRequest
 from dynamics_provider.solution import SolutionImportProvider
 from sandbox.solution_zip import DEFAULT_UNIQUE_NAME, build_solution_zip
 from sandbox.testing import stack_config
-from tests.harness.stacks import dev_stack
+from tools.stacks import dev_stack
 
 
 def installed(sandbox, org):

@@ -22,6 +22,7 @@ from dynamics_provider.client import (
     odata_string,
     parse_retry_after,
 )
+from dynamics_provider.dataverse.privileges import privilege_reference
 from dynamics_provider.errors import (
     AccessDenied,
     AmbiguousWriteError,
@@ -138,7 +139,8 @@ def test_bound_privilege_actions_change_the_role_and_a_function_with_a_guid_para
                            filter=f"name eq 'Basic User' and _businessunitid_value eq {me['BusinessUnitId']}")[0]["roleid"]
     privilege = client.query("privileges", select=["privilegeid", "name"],
                              filter="name eq 'prvReadUserEntityUISettings'")[0]
-    client.action("RemovePrivilegeRole", {"PrivilegeId": privilege["privilegeid"]}, bound=("roles", role_id))
+    client.action("RemovePrivilegeRole", {"Privilege": privilege_reference(privilege["privilegeid"])},
+                  bound=("roles", role_id))
     before = client.function("RetrieveRolePrivilegesRole", RoleId=role_id)["RolePrivileges"]
     assert "prvReadUserEntityUISettings" not in [p["PrivilegeName"] for p in before]
     client.action("AddPrivilegesRole", {"Privileges": [

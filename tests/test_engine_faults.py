@@ -18,15 +18,14 @@ lead, and the checkpoint names the objects that exist.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sandbox.solution_zip import build_solution_zip
-from tests.harness.faults import COLD_UP_WRITES, fault_kinds
-from tests.harness.stacks import Run, Stack, dev_stack
+from tests.harness.faults import COLD_UP_WRITES, fault_kinds, injected
+from tools.stacks import Run, Stack, dev_stack
 
 SOLUTION = "MicrosoftMarketplacesLeadIntegrationSolution"
 TIMEOUT_SECONDS = 2  # lead-destination:requestTimeoutSeconds in the read-timeout cases
@@ -57,17 +56,6 @@ def resources(stack: Stack) -> dict[str, dict[str, Any]]:
     deployment = stack.export()["deployment"]
     assert not deployment.get("pending_operations"), deployment.get("pending_operations")
     return {r["urn"].rsplit("::", 1)[-1]: r for r in deployment["resources"]}
-
-
-def injected(sandbox: Any, org: str, rule: str, *, wait: float = 0) -> list[dict[str, Any]]:
-    """The log entries of fault `rule`; with `wait`, until one is there (a held request is logged when it
-    finishes, which may be after the client gave up and the run went on)."""
-    deadline = time.monotonic() + wait
-    while True:
-        hits = [e for e in sandbox.control.log() if e.get("org") == org_name(org) and e.get("fault") == rule]
-        if hits or time.monotonic() >= deadline:
-            return hits
-        time.sleep(0.2)
 
 
 def assert_converged_without_duplicates(sandbox: Any, org: str, stack: Stack, run: Run) -> None:
@@ -114,7 +102,7 @@ def test_a_fault_at_a_write_of_a_cold_up_converges_in_one_up_without_duplicates(
     assert run.ok, run.text
     assert run.summary.get("create") == 8 and not run.errors(), run.text
     # a held request finishes after the client gave up: count duplicates only once it has landed
-    hits = injected(sandbox, org, rule, wait=FAULTS[fault].get("latency_ms", 0) / 1000 + 5)
+    hits = injected(sandbox, org_name(org), rule, wait=FAULTS[fault].get("latency_ms", 0) / 1000 + 30)
     assert len(hits) == 1 and hits[0]["method"] == method, "the fault was injected exactly once"
     hit = hits[0]
     if fault in ("429", "503"):

@@ -24,8 +24,8 @@ import yaml
 
 from components.rotation import rotation_period
 from sandbox.solution_zip import build_solution_zip
-from tests.harness.stacks import NAMESPACE, Project, dev_config
 from tools.offline_env import PULUMI, REPO
+from tools.stacks import NAMESPACE, Project, dev_config
 
 ROLE = "Microsoft Marketplace Lead Writer"
 USER = "pulumi-python:dynamic/dynamics:ApplicationUser"

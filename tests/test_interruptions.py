@@ -6,6 +6,9 @@
   nothing, and `pulumi destroy` removes what the interrupted run made (it is the stack's own).
 - Only the dynamic-provider process killed: the steps in flight fail, nothing is pending, `up` converges.
 - One SIGINT: Pulumi cancels gracefully (in-flight steps finish and are recorded), `up` converges.
+- Ctrl-C, or the SIGINT the engine sends the program's process group when it closes the language host, at
+  every point of a run (program start, registering, waiting on a provider, the end): no traceback, nothing
+  of the run left (the program's SIGINT handler, __main__.py).
 - `--import-pending-creates` under this CLI drops the entry without recording the resource.
 - Objects that existed before the stack are adopted and released by destroy.
 """
@@ -26,6 +29,7 @@ from tests.harness.dev_stack_runs import (
     RESOURCES,
     UP,
     WRITES,
+    HeldRead,
     assert_destroy_removed_what_the_stack_made,
     assert_third_run_changes_nothing,
     checkpoint,
@@ -40,6 +44,7 @@ from tests.harness.dev_stack_runs import (
     writes_since,
 )
 from tests.harness.interrupt import AtWrite, CliRun
+from tools.offline_env import REPO
 
 
 @pytest.fixture
@@ -69,7 +74,7 @@ def test_run_killed_right_after_a_write_then_the_procedure_converges_and_destroy
         runs.append(start(stack, *UP))
         code = runs[0].wait()
     assert at.hit is not None and label_of(*at.hit) == label, f"the {label} write never came:\n{runs[0].output}"
-    assert code == -9 and runs[0].leftovers() == {}, "the CLI and every plugin process are gone"
+    assert code == -9 and runs[0].gone() == {}, "the CLI and every plugin process are gone"
     landed = writes_since(sandbox, stack.org, since)  # requests already sent may land after the kill, too
     assert landed[:len(at.writes)] == [label_of(*w) for w in at.writes], "the write was applied before the kill"
 
@@ -115,7 +120,7 @@ def test_sigkill_of_the_cli_group_alone_leaves_its_plugins_running(sandbox, stac
     assert any("pulumi-language-python" in cmd for cmd in left.values()), left
     assert any("-m pulumi.dynamic" in cmd for cmd in left.values()), left
     runs[0].cleanup()
-    assert runs[0].leftovers() == {}
+    assert runs[0].gone() == {}
 
 
 def test_provider_process_killed_mid_up_fails_its_steps_then_up_converges_and_destroy_removes_it(sandbox, stack):
@@ -160,12 +165,82 @@ def test_one_sigint_cancels_gracefully_then_up_converges(sandbox, stack):
     assert pending(deployment) == [], "a graceful cancel lets in-flight steps finish: nothing pending"
     done = set(recorded(deployment))
     assert "dev-dynamics-user" in done, "the create in flight finished and is recorded"
-    assert runs[0].leftovers() == {}
+    assert runs[0].gone() == {}
     again = stack.up()  # the lock was released
     assert again.ok, again.text
     assert again.names("create") == set(RESOURCES) - done
     converged_without_duplicates(sandbox, stack.org)
     assert_third_run_changes_nothing(stack)
+
+
+# Where the program is when SIGINT reaches it, and what marks the point: reading its privileges spec in its
+# top-level code (a FIFO holds it there: its imports are done, nothing is registered), the stack resource's
+# first line (its registrations reach the engine), the first Dataverse write held (the resources that need
+# its outputs are not registered yet: the program awaits a provider), the last write held (every resource is
+# registered: the program awaits the last answer and the engine's shutdown).
+POINTS = {
+    "program start": None,
+    "registering": "pulumi:pulumi:Stack lead-destination-dev creating",
+    "waiting on a provider": ("POST", r"/ImportSolutionAsync$"),
+    "end": ("DELETE", r"/leads\([^)]*\)$"),
+}
+TRACEBACK = ("Traceback", "KeyboardInterrupt")
+
+
+def run_interrupted_at(sandbox, stack, tmp_path, point: str, action) -> tuple[CliRun, int]:
+    """A cold `up` with `action(run)` done at `point`; returns the run and its exit code."""
+    runs: list[CliRun] = []
+    mark = POINTS[point]
+    if mark is None:
+        held = HeldRead(tmp_path / "privileges.yaml", (REPO / "components" / "privileges.yaml").read_text())
+        stack.set_config("privileges", str(held.path))
+        runs.append(start(stack, *UP))
+        try:
+            assert held.reached(120), f"the program never read its privileges spec:\n{runs[0].output}"
+            action(runs[0])
+        finally:
+            held.release()
+    elif isinstance(mark, str):
+        runs.append(start(stack, *UP))
+        assert runs[0].wait_for(mark, 120), runs[0].output
+        action(runs[0])
+    else:
+        with AtWrite(sandbox, stack.org, *mark, lambda: action(runs[0])) as at:
+            runs.append(start(stack, *UP))
+            runs[0].wait()
+        assert at.hit is not None, f"the {mark} write never came:\n{runs[0].output}"
+    return runs[0], runs[0].wait()
+
+
+@pytest.mark.parametrize("point", list(POINTS), ids=[p.replace(" ", "-") for p in POINTS])
+def test_ctrl_c_at_any_point_of_a_run_cancels_without_a_traceback_and_leaves_no_process(
+        sandbox, stack, tmp_path, point):
+    acknowledged: list[bool] = []
+
+    def ctrl_c(run: CliRun) -> None:  # at a held write: the answer waits until the CLI has taken the signal
+        run.interrupt()
+        acknowledged.append(run.wait_for("^C received; cancelling", timeout=60))
+
+    run, code = run_interrupted_at(sandbox, stack, tmp_path, point, ctrl_c)
+    output = run.output
+    assert acknowledged == [True] and code != 0 and "error: update canceled" in output, output[-3000:]
+    assert [t for t in TRACEBACK if t in output] == [], output[-3000:]
+    assert run.gone() == {}, "nothing of the run outlives the CLI"
+
+
+@pytest.mark.parametrize("point", list(POINTS), ids=[p.replace(" ", "-") for p in POINTS])
+def test_the_engines_sigint_ends_the_program_quietly_at_any_point_of_a_run(sandbox, stack, tmp_path, point):
+    """The engine closes the language host with SIGINT to its process group, the program included
+    (pulumi/pulumi#19603): where Python's default handler would raise KeyboardInterrupt and Pulumi's exec
+    script print its traceback, the program's handler ends the process at once, without a word."""
+    programs: list[list[int]] = []
+    run, code = run_interrupted_at(sandbox, stack, tmp_path, point,
+                                   lambda run: programs.append(run.interrupt_program()))
+    output = run.output
+    assert programs and programs[0], f"no program process to interrupt:\n{output[-3000:]}"
+    assert code != 0, output[-3000:]  # the language host is gone: the engine reports the run failed
+    assert [t for t in TRACEBACK if t in output] == [], output[-3000:]
+    assert run.gone() == {}, "nothing of the run outlives the CLI"
 
 
 def test_import_pending_creates_drops_the_entry_without_recording_it_and_up_claims_the_object(sandbox, stack):

@@ -27,7 +27,7 @@ from dynamics_provider.solution import SolutionImportProvider
 from sandbox.solution_zip import build_solution_zip
 from sandbox.testing import stack_config
 from tests.harness.provider_host import ProviderError, ProviderHost, Secret, provider_ref, urn_for
-from tests.harness.stacks import Run, Stack, dev_stack
+from tools.stacks import Run, Stack, dev_stack
 
 REPO = Path(__file__).resolve().parent.parent
 # header.payload of a JWT: a bearer token or an assertion (chance matches of "eyJ" in base64 are not enough)

@@ -27,7 +27,7 @@ import yaml
 from pulumi import automation as auto
 
 from sandbox.solution_zip import build_solution_zip
-from tests.harness.stacks import NAMESPACE, Project, Stack, dev_config, dev_stack
+from tools.stacks import NAMESPACE, Project, Stack, dev_config, dev_stack
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "old_state"
 STACK = "oldstate"

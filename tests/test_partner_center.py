@@ -40,13 +40,14 @@ class Api:
 
     def wait(self, job_id: str) -> tuple[list[str], dict[str, Any]]:
         seen = []
-        for _ in range(100):
+        deadline = time.monotonic() + 60  # the job completes job_seconds after it started; polled like a client
+        while time.monotonic() < deadline:
             status = self.get(f"configure/{job_id}/status").json()
             seen.append(status["jobStatus"])
             if status["jobStatus"] == "completed":
                 return seen, status
             time.sleep(0.05)
-        raise AssertionError(f"job never completed: {seen[-3:]}")
+        raise AssertionError(f"job never completed in 60 s: {seen[-3:]}")
 
 
 def graph_token(sandbox: Any, client_id: str) -> str:
@@ -82,9 +83,9 @@ def draft_leads(api: Api, guid: str) -> dict[str, Any] | None:
 
 
 def test_every_call_needs_a_known_api_version(api: Api) -> None:
-    missing = api.get("product", version=None, externalId="x")
+    missing = api.get("product", version=None, externalID="x")
     assert missing.status_code == 400 and "$version" in missing.json()["error"]["message"]
-    unknown = api.get("product", version="2019-01-01", externalId="x")
+    unknown = api.get("product", version="2019-01-01", externalID="x")
     assert unknown.status_code == 400 and "2019-01-01" in unknown.json()["error"]["message"]
 
 
@@ -92,17 +93,17 @@ def test_only_apps_with_the_manager_role_may_call(sandbox: Any, product: tuple[s
     client_id = str(uuid.uuid4())
     sandbox.control.register_app(client_id=client_id, display_name="not a manager")
     outsider = Api(sandbox, graph_token(sandbox, client_id))
-    refused = outsider.get("product", externalId=product[0])
+    refused = outsider.get("product", externalID=product[0])
     assert refused.status_code == 403 and "Manager" in refused.json()["error"]["message"]
     sandbox.control.partner_center("POST", "managers", {"client_id": client_id})
-    assert outsider.get("product", externalId=product[0]).json()["value"][0]["id"] == f"product/{product[1]}"
+    assert outsider.get("product", externalID=product[0]).json()["value"][0]["id"] == f"product/{product[1]}"
 
 
 def test_product_lookup_by_external_id_returns_the_durable_id(api: Api, product: tuple[str, str]) -> None:
     offer, guid = product
-    found = api.get("product", externalId=offer).json()["value"]
-    assert [(p["id"], p["identity"]["externalId"]) for p in found] == [(f"product/{guid}", offer)]
-    assert api.get("product", externalId=f"{offer}-missing").json()["value"] == []
+    found = api.get("product", externalID=offer).json()["value"]
+    assert [(p["id"], p["identity"]["externalID"]) for p in found] == [(f"product/{guid}", offer)]
+    assert api.get("product", externalID=f"{offer}-missing").json()["value"] == []
 
 
 def test_configure_job_progresses_then_draft_shows_the_destination_with_the_key_masked(
@@ -111,14 +112,16 @@ def test_configure_job_progresses_then_draft_shows_the_destination_with_the_key_
     _, guid = product
     assert draft_leads(api, guid) is None
     job = api.configure(leads(guid))
-    assert (job["jobStatus"], job["jobResult"]) == ("notStarted", "pending")
-    seen, status = api.wait(job["jobId"])
+    assert (job["jobStatus"], job["jobResult"], job["jobEnd"]) == ("notStarted", "pending", "0001-01-01T00:00:00")
+    assert "resourceUri" not in job
+    seen, status = api.wait(job["jobID"])
     assert "running" in seen and status["jobResult"] == "succeeded" and status["errors"] == []
+    assert status["jobEnd"] > status["jobStart"] and status["resourceUri"].endswith(f"/configure/{job['jobID']}")
     draft = draft_leads(api, guid)
     config = draft["dynamicsLeadConfiguration"]
     assert draft["leadDestination"] == "dynamics" and config["instanceUrl"] == "https://contoso.crm4.dynamics.com"
     assert config["applicationKey"] == MASKED
-    details = api.get(f"configure/{job['jobId']}").json()
+    details = api.get(f"configure/{job['jobID']}").json()
     assert details["resources"][0]["dynamicsLeadConfiguration"]["applicationKey"] == MASKED
     stored = next(p for p in sandbox.control.partner_center("GET", "state")["products"] if p["id"] == guid)
     assert stored["secretSha256"] == hashlib.sha256(b"key-value-123").hexdigest()
@@ -142,7 +145,7 @@ def test_configure_job_fails_with_schema_errors_that_never_echo_the_secret(
     api: Api, product: tuple[str, str], config: dict[str, Any], expected: str
 ) -> None:
     _, guid = product
-    _, status = api.wait(api.configure(leads(guid, **config))["jobId"])
+    _, status = api.wait(api.configure(leads(guid, **config))["jobID"])
     assert status["jobResult"] == "failed"
     messages = " | ".join(e["message"] for e in status["errors"])
     assert expected in messages
@@ -155,7 +158,7 @@ def test_office365_destination_needs_username_and_password_only(api: Api, produc
     _, guid = product
     resource = leads(guid, authentication="office365", applicationId=None, applicationKey=None, directoryId=None,
                      username="writer@contoso.com", password="pw-value-1")
-    _, status = api.wait(api.configure(resource)["jobId"])
+    _, status = api.wait(api.configure(resource)["jobID"])
     assert status["jobResult"] == "succeeded", status
     config = draft_leads(api, guid)["dynamicsLeadConfiguration"]
     assert config["password"] == MASKED and config["username"] == "writer@contoso.com"
@@ -165,11 +168,11 @@ def test_portal_drift_and_fail_next_are_visible_through_the_api(
     sandbox: Any, api: Api, product: tuple[str, str]
 ) -> None:
     offer, guid = product
-    api.wait(api.configure(leads(guid))["jobId"])
+    api.wait(api.configure(leads(guid))["jobID"])
     sandbox.control.partner_center("POST", "drift", {"product": offer, "instanceUrl": "https://other.crm.dynamics.com"})
     assert draft_leads(api, guid)["dynamicsLeadConfiguration"]["instanceUrl"] == "https://other.crm.dynamics.com"
     sandbox.control.partner_center("POST", "fail-next", {"message": "Validation lead could not be written"})
-    _, status = api.wait(api.configure(leads(guid))["jobId"])
+    _, status = api.wait(api.configure(leads(guid))["jobID"])
     assert status["jobResult"] == "failed"
     assert status["errors"][0]["message"] == "Validation lead could not be written"
     assert draft_leads(api, guid)["dynamicsLeadConfiguration"]["instanceUrl"] == "https://other.crm.dynamics.com"
@@ -178,3 +181,46 @@ def test_portal_drift_and_fail_next_are_visible_through_the_api(
 def test_unknown_product_and_job_are_not_found(api: Api) -> None:
     assert api.get(f"resource-tree/product/{uuid.uuid4()}", targetType="draft").status_code == 404
     assert api.get(f"configure/{uuid.uuid4()}/status").status_code == 404
+
+
+@pytest.fixture
+def spelling_2022(sandbox: Any) -> Any:
+    sandbox.control.partner_center("POST", "settings", {"spelling": "2022"})
+    try:
+        yield
+    finally:
+        sandbox.control.partner_center("POST", "settings", {"spelling": "current"})
+
+
+def test_the_2022_spelling_setting_answers_jobId_and_externalId(
+    api: Api, product: tuple[str, str], spelling_2022: Any
+) -> None:
+    offer, guid = product
+    found = api.get("product", externalId=offer).json()["value"]
+    assert [p["identity"] for p in found] == [{"externalId": offer}]
+    job = api.configure(leads(guid))
+    assert "jobID" not in job
+    _, status = api.wait(job["jobId"])
+    assert status["jobId"] == job["jobId"] and status["jobResult"] == "succeeded"
+
+
+def test_the_product_query_reads_externalID_in_either_case(api: Api, product: tuple[str, str]) -> None:
+    offer, guid = product
+    for name in ("externalID", "externalId"):
+        assert [p["id"] for p in api.get("product", **{name: offer}).json()["value"]] == [f"product/{guid}"]
+
+
+def test_errors_carry_code_message_and_details_as_the_learn_example(api: Api) -> None:
+    missing = api.get("product", version=None, externalID="x")
+    assert missing.json() == {"error": {"code": "badRequest", "message": missing.json()["error"]["message"],
+                                        "details": []}}
+
+
+def test_configure_details_fail_before_the_job_completes(sandbox: Any, api: Api, product: tuple[str, str]) -> None:
+    sandbox.control.partner_center("POST", "settings", {"job_seconds": 30})
+    try:
+        job = api.configure(leads(product[1]))
+        early = api.get(f"configure/{job['jobID']}")
+    finally:
+        sandbox.control.partner_center("POST", "settings", {"job_seconds": 0.4})
+    assert early.status_code == 400 and early.json()["error"]["code"] == "badRequest"

@@ -241,6 +241,7 @@ def test_invalid_config_fails_before_any_resource_registers():
 
 def test_program_entry_point_logs_config_errors_once_and_exits_as_already_reported(caplog):
     import runpy
+    import signal
 
     from pulumi.runtime import settings as runtime_settings
 
@@ -250,11 +251,13 @@ def test_program_entry_point_logs_config_errors_once_and_exits_as_already_report
     pulumi.runtime.set_all_config({"lead-destination:existingApplicationSecret": "entry-point-secret",
                                    "lead-destination:authentication": "kerberos"},
                                   secret_keys=["lead-destination:existingApplicationSecret"])
+    ctrl_c = signal.getsignal(signal.SIGINT)
     try:
         with pytest.raises(SystemExit) as caught:
             runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
     finally:
         pulumi.runtime.set_all_config({}, secret_keys=[])
+        signal.signal(signal.SIGINT, ctrl_c)  # the program's own SIGINT handler stays out of pytest
     # 32: Pulumi's language host code for "the program already showed the user an error": no extra
     # "an unhandled error occurred" line, no traceback
     assert caught.value.code == 32

@@ -42,7 +42,7 @@ def _app_user_with_role(sandbox, org, client, app_id, bu):
 
 def _move_body(bu, principal):
     return {"BusinessUnit": {"@odata.type": "Microsoft.Dynamics.CRM.businessunit", "businessunitid": bu},
-            "ReassignPrincipal": {"@odata.type": "Microsoft.Dynamics.CRM.systemuser", "systemuserid": principal}}
+            "ReassignPrincipal": {"@odata.type": "Microsoft.Dynamics.CRM.systemuser", "ownerid": principal}}
 
 
 def test_set_business_system_user_moves_the_user_and_drops_every_role(sandbox, org, deployer):

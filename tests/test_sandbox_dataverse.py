@@ -249,7 +249,7 @@ def test_privilege_actions_enforce_allowed_depths_all_or_nothing_and_show_on_eve
                            {"Privileges": [{"PrivilegeId": job.privilegeid, "Depth": "Basic"}]})
     assert (status, body["error"]["code"]) == (400, "0x80040203") and role in body["error"]["message"]
     assert call(dv, "POST", f"roles({role})/Microsoft.Dynamics.CRM.RemovePrivilegeRole",
-                {"PrivilegeId": job.privilegeid})[0] == 204
+                {"Privilege": {"privilegeid": job.privilegeid}})[0] == 204
     assert ok(call(dv, "GET", f"RetrieveRolePrivilegesRole(RoleId={role})"))["RolePrivileges"] == before
     assert call(dv, "POST", f"roles({role})/Microsoft.Dynamics.CRM.ReplacePrivilegesRole", {"Privileges": [
         {"PrivilegeId": uis.privilegeid, "Depth": "Basic"}]})[0] == 204
@@ -260,15 +260,21 @@ def test_privilege_actions_enforce_allowed_depths_all_or_nothing_and_show_on_eve
 # ------------------------------------------------------------------ solutions
 
 def test_import_progresses_over_time_then_succeeds_and_creates_roles_per_business_unit(directory):
-    dv = Organization("unit", URL, directory, SandboxSettings(import_seconds=0.6))
+    # 2 s: in progress a moment after it started even when this thread is held up for a while on a busy
+    # machine; then polled, like a client, until it completes (bounded)
+    dv = Organization("unit", URL, directory, SandboxSettings(import_seconds=2.0))
     child = dv.drift("add_business_unit", {"name": "Sales"})["businessunitid"]
     started = import_zip(dv, build_solution_zip())
     op = ok(call(dv, "GET", f"asyncoperations({started['AsyncOperationId']})?$select=statecode,statuscode"))
-    assert op["statecode"] in (0, 1) and op["statuscode"] in (0, 10, 20)
-    time.sleep(0.2)
+    # Learn (reference/entities/asyncoperation): Ready/Waiting For Resources, then Locked/In Progress
+    assert (op["statecode"], op["statuscode"]) in ((0, 0), (2, 20))
+    time.sleep(0.2)  # time passing is what this test is about: the import progresses with it
     job = ok(call(dv, "GET", f"importjobs({started['ImportJobKey']})?$select=progress,completedon"))
     assert 0 < job["progress"] < 100 and job["completedon"] is None
-    time.sleep(0.5)
+    deadline = time.monotonic() + 60
+    while ok(call(dv, "GET", f"importjobs({started['ImportJobKey']})?$select=completedon"))["completedon"] is None:
+        assert time.monotonic() < deadline, "the import never completed"
+        time.sleep(0.1)
     op, job, result = finished(dv, started)
     assert (op["statecode"], op["statuscode"]) == (3, 30) and job["progress"] == 100
     assert result.get("result") == "success" and job["solutionname"] == "MicrosoftMarketplacesLeadIntegrationSolution"
@@ -347,7 +353,8 @@ def test_leads_create_read_delete_shapes(dv):
         "companyname": "Analytical"}, headers={"Prefer": "return=representation"})
     assert status == 201 and body["fullname"] == "Ada Lovelace" and body["@odata.etag"].startswith('W/"')
     lead = body["leadid"]
-    assert headers["OData-EntityId"] == f"{URL}/api/data/v9.2/leads({lead})"
+    # Learn, "Create with data returned": Preference-Applied, and no OData-EntityId then
+    assert headers["Preference-Applied"] == "return=representation" and "OData-EntityId" not in headers
     assert ok(call(dv, "GET", f"leads({lead})?$select=subject"))["subject"] == "MSFT_TEST_1"
     status, headers, body = call(dv, "POST", "leads", {"subject": "plain"})
     assert status == 204 and body == "" and "leads(" in headers["OData-EntityId"]

@@ -17,7 +17,9 @@ import msal
 import pytest
 import requests
 
+from dynamics_provider.waiting import wait_until
 from sandbox.testing import ControlError, stack_config, start_sandbox
+from tests.harness.interrupt import first_line
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAPH = "https://graph.microsoft.com"
@@ -63,7 +65,7 @@ def test_serve_prints_one_json_line_answers_whoami_401_without_and_200_with_a_to
     proc = subprocess.Popen([sys.executable, "-m", "sandbox", "serve", "--port", "0", "--state-dir", str(tmp_path)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        line = proc.stdout.readline()
+        line = first_line(proc.stdout, 120)
         info = json.loads(line)
         assert set(info) == SERVE_KEYS
         assert json.loads((tmp_path / "serve.json").read_text()) == info
@@ -101,7 +103,7 @@ def test_serve_on_a_given_port_names_and_serves_that_port_everywhere(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "sandbox", "serve", "--port", str(port), "--state-dir",
                              str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        info = json.loads(proc.stdout.readline())
+        info = json.loads(first_line(proc.stdout, 120))
         host = f"127.0.0.1:{port}"
         assert info["port"] == port and info["authority_host"] == host
         for key in ("instance_url", "authority", "control_url", "partner_center_url"):
@@ -136,7 +138,14 @@ def test_serve_on_a_given_port_names_and_serves_that_port_everywhere(tmp_path):
                            json={"$schema": f"https://schema.mp.microsoft.com/schema/configure/{version}",
                                  "resources": []})
         assert job.status_code == 202, job.text
-        assert job.json()["resourceUri"].startswith(f"https://{host}/rp/product-ingestion/configure/")
+        status_url = f"{info['partner_center_url']}/configure/{job.json()['jobID']}/status?$version={version}"
+
+        def succeeded() -> dict | None:  # resourceUri comes with a succeeded job (docs/sandbox.md, Partner Center)
+            status = session.get(status_url, timeout=20, headers={"Authorization": f"Bearer {graph}"}).json()
+            return status if status["jobResult"] == "succeeded" else None
+
+        done = wait_until(succeeded, timeout=30, what="the configure job", first_delay=0.1)
+        assert done["resourceUri"].startswith(f"https://{host}/rp/product-ingestion/configure/")
         session.close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
@@ -290,12 +299,15 @@ def test_throttling_counts_per_organization(sandbox, control, org):
 
 def test_concurrency_limit_answers_0x80072326(sandbox, control):
     headers = bearer(sandbox, "https://graph.microsoft.com")
-    control.settings(latency_ms=600, throttle={"max_concurrent": 1})
+    # both sent at once (no staggering sleep to guess with): the one admitted first is held 2 s, long enough
+    # for the other to arrive while it is in flight even on a busy machine
+    control.settings(latency_ms=2000, throttle={"max_concurrent": 1})
     results: list[requests.Response] = []
-    threads = [threading.Thread(target=lambda: results.append(products(sandbox, headers))) for _ in range(2)]
+    together = threading.Barrier(2)
+    threads = [threading.Thread(target=lambda: (together.wait(30), results.append(products(sandbox, headers))))
+               for _ in range(2)]
     for t in threads:
         t.start()
-        time.sleep(0.15)
     for t in threads:
         t.join()
     assert sorted(r.status_code for r in results) == [200, 429]

@@ -63,7 +63,23 @@ def test_the_rate_is_roughly_kept_and_a_seed_repeats_the_sequence(sandbox, contr
     assert 4 <= first.count(503) <= 18  # 10 expected; the seeded sequence is fixed, so this cannot flake
 
 
+def test_entra_token_requests_meet_only_the_kinds_named_for_entra(sandbox, control, org):
+    token_url = f"{sandbox.info['authority']}/oauth2/v2.0/token"
+    form = {"grant_type": "client_credentials", "client_id": sandbox.info["admin_client_id"],
+            "client_secret": sandbox.info["admin_client_secret"], "scope": f"{org}/.default"}
+    control.settings(random_faults={"rate": 1, "targets": ["entra", "dataverse"], "retry_after": 3,
+                                    "target_kinds": {"entra": ["429"], "dataverse": ["503"]}})
+    throttled = requests.post(token_url, data=form, verify=sandbox.info["ca_bundle"], timeout=20)
+    assert throttled.status_code == 429
+    assert throttled.headers["Retry-After"] == "3"
+    assert throttled.json()["error"]  # Entra's OAuth error shape, not Dataverse's envelope
+    assert call(sandbox, "GET", f"{org}/api/data/v9.2/WhoAmI").status_code == 503
+    entry = [e for e in control.log() if e.get("kind") == "entra" and e.get("path", "").endswith("/token")][-1]
+    assert entry["fault"] == "random:429"
+
+
 def test_bad_random_fault_settings_are_refused(control):
-    for bad in ({"rate": 2}, {"kinds": ["429"]}, {"rate": 0.1, "kinds": ["timeout"]}, {"rate": 0.1, "targets": ["x"]}):
+    for bad in ({"rate": 2}, {"kinds": ["429"]}, {"rate": 0.1, "kinds": ["timeout"]}, {"rate": 0.1, "targets": ["x"]},
+                {"rate": 0.1, "target_kinds": {"entra": ["lost", "slow"]}}, {"rate": 0.1, "target_kinds": {"x": ["429"]}}):
         with pytest.raises(ControlError, match="400"):
             control.settings(random_faults=bad)

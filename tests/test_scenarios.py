@@ -1,4 +1,4 @@
-"""The dev stack's whole life through the real Pulumi CLI (tests/harness/stacks.py) against sandbox organizations.
+"""The dev stack's whole life through the real Pulumi CLI (tools/stacks.py) against sandbox organizations.
 
 Upgrade, downgrade, every drift of the control API (shown by `preview --refresh`, repaired by `up --refresh`
 with a fresh validation lead, then `preview --refresh --expect-no-changes`), in-place config changes, destroy
@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from sandbox.solution_zip import build_solution_zip
-from tests.harness.stacks import Run, Stack, dev_stack
+from tools.stacks import Run, Stack, dev_stack
 
 REPO = Path(__file__).resolve().parent.parent
 ROLE = "Microsoft Marketplace Lead Writer"

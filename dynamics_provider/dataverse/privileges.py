@@ -12,7 +12,7 @@ from typing import Any
 from dynamics_provider.client import DataverseClient, odata_guid, odata_path, odata_string
 from dynamics_provider.dataverse.roles import ROLE_COLUMNS
 from dynamics_provider.dataverse.writes import batch, first
-from dynamics_provider.errors import NotFound
+from dynamics_provider.errors import NotFound, UnexpectedAnswer
 
 #: Dataverse's depth names, lowest first (the UI calls them User, Business Unit, Parent: Child BU, Organization)
 DEPTHS = ("Basic", "Local", "Deep", "Global")
@@ -33,6 +33,13 @@ def normalize_depth(depth: Any) -> str | None:
     if not isinstance(depth, str):
         return None
     return _ALIASES.get(re.sub(r"[\s:_\-]", "", depth).lower())
+
+
+def privilege_reference(privilege_id: str) -> dict[str, str]:
+    """RemovePrivilegeRole's one parameter, `Privilege`, is an entity of type privilege (Learn:
+    webapi/reference/removeprivilegerole), not the .NET SDK's PrivilegeId: the entity is sent as a JSON object
+    with its key and its type ("Use Web API actions", "Specify entity parameter type")."""
+    return {"@odata.type": "Microsoft.Dynamics.CRM.privilege", "privilegeid": privilege_id}
 
 
 def rank(depth: str | None) -> int:
@@ -68,17 +75,41 @@ class RolePrivilegeState:
         return problems
 
 
-def _depths(answer: dict[str, Any] | None) -> dict[str, str]:
-    """Depth by lower-case privilege name from a RetrieveRolePrivilegesRole answer."""
-    return {
-        p["PrivilegeName"].lower(): normalize_depth(p.get("Depth")) or "Basic"
-        for p in (answer or {}).get("RolePrivileges", [])
-    }
+def _depths(answer: Any, catalogue: Mapping[str, dict[str, Any]] | None = None) -> dict[str, str]:
+    """Depth by lower-case privilege name from a RetrieveRolePrivilegesRole answer.
+
+    Microsoft documents the RolePrivilege complex type (Depth, PrivilegeId, PrivilegeName, BusinessUnitId)
+    but not which of them every answer carries, nor whether Depth comes as the PrivilegeDepth name or its
+    number. Read: Depth as name (Basic…Global, any case) or number (0–3, also as text); PrivilegeName, or
+    else PrivilegeId resolved through `catalogue` (rows with privilegeid and name). Anything else fails
+    with UnexpectedAnswer naming the operation and what was missing — never a KeyError, never a guess."""
+    operation = "RetrieveRolePrivilegesRole"
+    if not isinstance(answer, dict) or not isinstance(answer.get("RolePrivileges"), list):
+        raise UnexpectedAnswer(operation, "the answer has no RolePrivileges list")
+    by_id = {str(row.get("privilegeid", "")).lower(): row.get("name") for row in (catalogue or {}).values()}
+    depths: dict[str, str] = {}
+    for index, item in enumerate(answer["RolePrivileges"]):
+        if not isinstance(item, dict):
+            raise UnexpectedAnswer(operation, f"entry {index} of RolePrivileges is not an object")
+        name = item.get("PrivilegeName") or by_id.get(str(item.get("PrivilegeId") or "").lower())
+        if not isinstance(name, str) or not name:
+            if item.get("PrivilegeId") and catalogue is not None:
+                continue  # a privilege outside the ones asked about: not one the caller manages
+            raise UnexpectedAnswer(operation, f"entry {index} of RolePrivileges names no privilege "
+                                   "(neither PrivilegeName nor PrivilegeId)")
+        raw = item.get("Depth")
+        depth = normalize_depth(int(raw) if isinstance(raw, str) and raw.strip().isdigit() else raw)
+        if depth is None:
+            raise UnexpectedAnswer(operation, f"the depth of {name} is missing or not a PrivilegeDepth "
+                                   "(Basic, Local, Deep, Global or 0-3)")
+        depths[name.lower()] = depth
+    return depths
 
 
-def current_depths(client: DataverseClient, role_id: str) -> dict[str, str]:
+def current_depths(client: DataverseClient, role_id: str,
+                   catalogue: Mapping[str, dict[str, Any]] | None = None) -> dict[str, str]:
     """The role's privileges and depths (NotFound when the role does not exist)."""
-    return _depths(client.function("RetrieveRolePrivilegesRole", RoleId=role_id))
+    return _depths(client.function("RetrieveRolePrivilegesRole", RoleId=role_id), catalogue)
 
 
 def role_privilege_state(
@@ -103,7 +134,7 @@ def role_privilege_state(
         if root and str(root).lower() != str(role["roleid"]).lower():
             role = client.get(f"roles({odata_guid(root)})", {"$select": ROLE_COLUMNS})
         else:
-            current = _depths(privileges)
+            current = _depths(privileges, {row["name"]: row for row in catalogue.get("value") or []})
     else:
         unit, copies, catalogue = batch(client, [
             odata_path("businessunits", {"$select": "businessunitid", "$filter": "_parentbusinessunitid_value eq null"}),
@@ -119,7 +150,7 @@ def role_privilege_state(
     rows = {name: by_name[name.lower()] for name in names if name.lower() in by_name}
     root_role = RootRole(str(role["roleid"]).lower(), role.get("_businessunitid_value"))
     if current is None:
-        current = current_depths(client, root_role.id)
+        current = current_depths(client, root_role.id, rows)
     return RolePrivilegeState(root_role, rows, current)
 
 
@@ -140,7 +171,8 @@ def set_depths(client: DataverseClient, state: RolePrivilegeState, target: Mappi
         privilege_id = state.catalogue[name]["privilegeid"]
         if have is not None and (depth is None or rank(depth) < rank(have)):
             try:
-                client.action("RemovePrivilegeRole", {"PrivilegeId": privilege_id}, bound=("roles", role.id))
+                client.action("RemovePrivilegeRole", {"Privilege": privilege_reference(privilege_id)},
+                              bound=("roles", role.id))
             except NotFound:
                 pass
         if depth is not None:

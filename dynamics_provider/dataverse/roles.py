@@ -9,7 +9,7 @@ from typing import Any
 
 from dynamics_provider.client import DataverseClient, odata_guid, odata_path, odata_string
 from dynamics_provider.dataverse.writes import checked, get_or_none
-from dynamics_provider.errors import DuplicateRecord, NotFound
+from dynamics_provider.errors import DataverseError, DuplicateRecord, NotFound
 
 USER_ROLES = "systemuserroles_association"
 ROLE_COLUMNS = "roleid,name,_businessunitid_value,_parentrootroleid_value"
@@ -81,11 +81,25 @@ def role_for_user(
 
 
 def assign_role(client: DataverseClient, user_id: str, role_id: str) -> None:
-    """`$ref` association is idempotent (an existing one is success), so it is sent and retried as is."""
+    """`$ref` association is idempotent (an existing one is success), so it is sent and retried as is.
+
+    What Dataverse answers for a role the user has already is not documented: 204 (as Microsoft's examples
+    answer an association), a duplicate (0x80040237, any status), or another 400/409/412 refusal. A refusal
+    that is not a duplicate counts as done only when the user's roles show the role (one read); otherwise it
+    is raised as it came."""
     try:
         client.associate("systemusers", user_id, USER_ROLES, "roles", role_id)
     except DuplicateRecord:
         return
+    except DataverseError as exc:
+        if exc.status not in (400, 409, 412):
+            raise
+        try:
+            held = {r.lower() for r in role_ids_of(client, user_id)}
+        except DataverseError:
+            raise exc from None
+        if odata_guid(role_id) not in held:
+            raise
 
 
 def unassign_role(client: DataverseClient, user_id: str, role_id: str) -> None:

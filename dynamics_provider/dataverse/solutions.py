@@ -13,7 +13,7 @@ from typing import Any
 
 from dynamics_provider.client import DataverseClient, odata_guid, odata_path, odata_string
 from dynamics_provider.dataverse.writes import batch, first, get_or_none, send_once
-from dynamics_provider.errors import DuplicateRecord, LeadDestinationError, NotFound
+from dynamics_provider.errors import DuplicateRecord, LeadDestinationError, NotFound, UnexpectedAnswer
 
 log = logging.getLogger("dynamics_provider")
 
@@ -160,9 +160,13 @@ def follow_import(
         return
     if job is None:
         job = import_job(client, job_id) or {}  # the failure's text is in the import job
-    error = job_error(job) or (op or {}).get("friendlymessage") or (op or {}).get("message")
-    if op is None and error is None:
-        return  # job completed without a failure result
+    verdict, detail = job_outcome(job)
+    if op is None and verdict == "success":
+        return  # followed by its import job alone: it completed with a success result
+    if op is None and verdict == "unknown":
+        raise UnexpectedAnswer(f"import of {what}", f"the import job completed, but its outcome cannot be read "
+                               f"({detail})", path=f"importjobs({job_id})")
+    error = (detail if verdict == "failure" else None) or (op or {}).get("friendlymessage") or (op or {}).get("message")
     status = {FAILED: "failed", CANCELED: "was canceled"}.get((op or {}).get("statuscode") or FAILED, "failed")
     raise SolutionImportFailed(
         f"import of {what} {status}: {error or 'no error text'}",
@@ -171,22 +175,46 @@ def follow_import(
     )
 
 
-def job_error(job: dict[str, Any]) -> str | None:
-    """The failure text of an import job's result XML, or None."""
+def job_outcome(job: dict[str, Any]) -> tuple[str, str | None]:
+    """("success" | "failure" | "unknown", failure text) from an import job's `data` XML.
+
+    Microsoft documents `data` only as the job's XML (importjob: "Unformatted import job data"), not its
+    shape. Read: any `result` element (any case, any namespace) whose result attribute is failure / failed /
+    error is a failure, its errortext and errorcode (any case) the text; results that all say success are a
+    success; no data, XML that does not parse, or no result element at all is "unknown" with what was missing.
+    """
     import defusedxml.ElementTree as SafeET
 
     data = job.get("data")
     if not data:
-        return None
+        return "unknown", "the import job has no result data"
     try:
         root = SafeET.fromstring(data)
-    except Exception:  # noqa: BLE001 - any unreadable job data just means no detail
-        return None
-    for result in root.iter("result"):
-        if result.get("result") == "failure":
-            code = result.get("errorcode")
-            return f"{result.get('errortext') or 'failure'}" + (f" ({code})" if code else "")
-    return None
+    except Exception:  # noqa: BLE001 - defusedxml raises several kinds; any of them means "not readable XML"
+        return "unknown", "the import job's result data is not readable XML"
+    outcomes: list[tuple[str, str | None]] = []
+    for element in root.iter():
+        if str(element.tag).rsplit("}", 1)[-1].lower() != "result":
+            continue
+        attrs = {key.rsplit("}", 1)[-1].lower(): value for key, value in element.attrib.items()}
+        verdict = (attrs.get("result") or "").strip().lower()
+        if verdict in ("failure", "failed", "error"):
+            code = attrs.get("errorcode")
+            outcomes.append(("failure", (attrs.get("errortext") or "failure") + (f" ({code})" if code else "")))
+        elif verdict in ("success", "succeeded"):
+            outcomes.append(("success", None))
+    failures = [text for verdict, text in outcomes if verdict == "failure"]
+    if failures:
+        return "failure", failures[0]
+    if outcomes:
+        return "success", None
+    return "unknown", "the import job's result data has no result element"
+
+
+def job_error(job: dict[str, Any]) -> str | None:
+    """The failure text of an import job's result XML, or None."""
+    verdict, text = job_outcome(job)
+    return text if verdict == "failure" else None
 
 
 def uninstall_solution(client: DataverseClient, solution_id: str) -> None:

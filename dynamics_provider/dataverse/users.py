@@ -150,6 +150,8 @@ def move_user(client: DataverseClient, user_id: str, business_unit_id: str) -> N
     """A user's business unit changes only through SetBusinessSystemUser (PATCH is refused)."""
     body = {
         "BusinessUnit": {"@odata.type": "Microsoft.Dynamics.CRM.businessunit", "businessunitid": business_unit_id},
-        "ReassignPrincipal": {"@odata.type": "Microsoft.Dynamics.CRM.systemuser", "systemuserid": user_id},
+        # ReassignPrincipal is a principal (a base type whose key is ownerid): the concrete type and ownerid,
+        # as Learn's "Use Web API actions" ("Specify entity parameter type") shows for a systemuser principal
+        "ReassignPrincipal": {"@odata.type": "Microsoft.Dynamics.CRM.systemuser", "ownerid": user_id},
     }
     client.action("SetBusinessSystemUser", body, bound=("systemusers", user_id))

@@ -16,7 +16,7 @@ from sandbox.dataverse import catalogue
 from sandbox.dataverse.drift import Drift
 from sandbox.dataverse.protocol import ODataError, Result
 from sandbox.dataverse.roles import Roles
-from sandbox.dataverse.routing import API_PREFIX, Router
+from sandbox.dataverse.routing import API_PREFIX, SERVER_VERSION, Router
 from sandbox.dataverse.schema import now_iso
 from sandbox.dataverse.security import Security
 from sandbox.dataverse.solutions import SolutionImports
@@ -26,6 +26,10 @@ from sandbox.dataverse.users import Users
 from sandbox.entra import Directory
 
 SYSTEM_ADMINISTRATOR = "System Administrator"
+# The built-in System Administrator role's template, "the same in every environment" (doc: Microsoft Learn,
+# "Security roles and templates", power-apps/developer/data-platform/security-roles: SystemAdmin =
+# {627090FF-40A3-4053-8790-584EDC5BE201}); the Web API reads it as the role's `_roletemplateid_value`.
+SYSTEM_ADMINISTRATOR_TEMPLATE = "627090ff-40a3-4053-8790-584edc5be201"
 _NS = uuid.UUID("9a3c1e0b-7d51-4f5a-8c3e-2b6d0f4e9a21")
 
 
@@ -61,7 +65,7 @@ class Organization:
         root = store.add_business_unit(name, None, bu_id=_id(name, "root-bu"))
         for priv in catalogue.PRIVILEGES.values():
             store.rows["privileges"][priv.privilegeid] = priv.row()
-        for uniquename, managed, version in (("Default", False, "1.0"), ("System", True, "9.2.24074.00164")):
+        for uniquename, managed, version in (("Default", False, "1.0"), ("System", True, SERVER_VERSION)):
             sid = _id(name, "solution", uniquename)
             store.rows["solutions"][sid] = store.stamp({
                 "solutionid": sid, "uniquename": uniquename, "friendlyname": f"{uniquename} Solution",
@@ -70,6 +74,7 @@ class Organization:
         system_solution = _id(name, "solution", "System")
         admin_role = store.create_role(SYSTEM_ADMINISTRATOR, _id(name, "role", SYSTEM_ADMINISTRATOR), True,
                                        system_solution)
+        store.rows["roles"][admin_role]["_roletemplateid_value"] = SYSTEM_ADMINISTRATOR_TEMPLATE
         store.role_privileges[admin_role] = {p.privilegeid: p.deepest for p in catalogue.PRIVILEGES.values()}
         basic = store.create_role("Basic User", _id(name, "role", "Basic User"), True, system_solution)
         store.role_privileges[basic] = {

@@ -26,6 +26,7 @@ E_INVALID_ARGUMENT = "0x80040203"  # InvalidArgument: inferred for editing an in
 E_HAS_USERSETTINGS = "0x80048610"  # a systemuser cannot be deleted (it owns its usersettings)
 E_ETAG = "0x80060882"  # If-Match does not match the row version
 E_GENERIC = "0x80040216"  # the generic "An unexpected error occurred."
+E_PAYLOAD = "0x80048d19"  # "Error identified in Payload provided by the user for Entity :'…'" (an OData payload error)
 # Solution import failures
 E_IMPORT_SOLUTION = "0x80048033"  # ImportSolutionError
 E_BAD_ZIP = "0x80048060"  # ImportCustomizationsBadZipFileError

@@ -11,6 +11,12 @@ from typing import Any
 from sandbox.common import GUID_PATTERN
 from sandbox.dataverse import catalogue
 from sandbox.dataverse.odata import matches, parse_filter, parse_select, project
+from sandbox.dataverse.operations import (
+    ROLE_PRIVILEGE_PROPERTIES,
+    check_action_parameters,
+    entity_parameter,
+    payload_error,
+)
 from sandbox.dataverse.protocol import (
     E_INVALID_ARGUMENT,
     E_INVALID_DEPTH,
@@ -117,6 +123,11 @@ class Roles:
     def _parse_role_privilege(item: Any) -> tuple[catalogue.Privilege, str]:
         if not isinstance(item, dict) or "PrivilegeId" not in item:
             raise bad_request("Each RolePrivilege needs PrivilegeId and Depth.")
+        unknown = sorted(k for k in item if k not in ROLE_PRIVILEGE_PROPERTIES and not k.startswith("@odata."))
+        if unknown:  # Learn (reference/roleprivilege) lists the complex type's properties; wording inferred
+            raise payload_error(f"The property '{unknown[0]}' does not exist on type "
+                                "'Microsoft.Dynamics.CRM.RolePrivilege'. Make sure to only use property names "
+                                "that are defined by the type.")
         pid = parse_guid(str(item["PrivilegeId"]))
         priv = catalogue.PRIVILEGES_BY_ID.get(pid)
         if priv is None:
@@ -148,21 +159,17 @@ class Roles:
                              f"The role (Id={role_id}) is an inherited copy in a child business unit; edit the "
                              f"privileges of its root role (Id={role['_parentrootroleid_value']}).")
         privs = self.store.role_privileges.setdefault(role_id, {})
+        check_action_parameters(action, body)
         if action == "RemovePrivilegeRole":
-            unknown = set(body) - {"PrivilegeId"}
-            if unknown:
-                raise bad_request(f"The parameter '{sorted(unknown)[0]}' is not valid for RemovePrivilegeRole.")
-            if "PrivilegeId" not in body:
-                raise bad_request("RemovePrivilegeRole needs PrivilegeId.")
-            pid = parse_guid(str(body["PrivilegeId"]))
+            # Learn (reference/removeprivilegerole): one parameter, Privilege, of entity type privilege
+            if body.get("Privilege") is None:
+                raise bad_request("The parameter 'Privilege' is required for RemovePrivilegeRole and cannot be null.")
+            _, pid = entity_parameter(body["Privilege"], "Privilege", "privilege")
             if pid not in catalogue.PRIVILEGES_BY_ID:
                 raise not_found("privilege", pid)
             privs.pop(pid, None)
             self.store.stamp(role)
             return 204, {}, b""
-        unknown = set(body) - {"Privileges"}
-        if unknown:
-            raise bad_request(f"The parameter '{sorted(unknown)[0]}' is not valid for {action}.")
         items = body.get("Privileges")
         if not isinstance(items, list):
             raise bad_request(f"{action} needs a Privileges array.")

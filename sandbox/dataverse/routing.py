@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from sandbox.common import GUID_PATTERN
 from sandbox.dataverse.batch import format_batch, parse_batch
+from sandbox.dataverse.operations import check_function_parameters
 from sandbox.dataverse.protocol import (
     ODataError,
     Result,
@@ -19,7 +20,6 @@ from sandbox.dataverse.protocol import (
     json_result,
     not_allowed,
     parse_body,
-    require_method,
     unknown_segment,
 )
 from sandbox.dataverse.roles import Roles
@@ -31,6 +31,8 @@ from sandbox.dataverse.users import Users
 
 API_PREFIX = "/api/data/v9.2/"
 QUERY_OPTIONS = ("$select", "$filter", "$top", "$expand", "$orderby", "$count", "$id", "$skiptoken")
+# What RetrieveVersion answers (and the System solution's version): a Dataverse online 9.2 build number.
+SERVER_VERSION = "9.2.24074.00164"
 
 
 @dataclass
@@ -59,9 +61,10 @@ class Router:
         g = GUID_PATTERN
         self.routes: list[Route] = [
             (re.compile(r"WhoAmI(\(\))?"), self._who_am_i),
+            (re.compile(r"RetrieveVersion(\(\))?"), self._retrieve_version),
             (re.compile(r"\$batch"), self._batch),
             (re.compile(r"(ImportSolutionAsync|StageAndUpgradeAsync|ImportSolution)"), self._import),
-            (re.compile(r"RetrieveRolePrivilegesRole\(RoleId=(@?[\w-]+)\)"), self._role_privileges),
+            (re.compile(r"RetrieveRolePrivilegesRole\(([^)]*)\)"), self._role_privileges),
             (re.compile(rf"systemusers\(({g})\)/(?:Microsoft\.Dynamics\.CRM\.)?RetrieveUserPrivileges(\(\))?"),
              self._user_privileges),
             (re.compile(rf"roles\(({g})\)/Microsoft\.Dynamics\.CRM\."
@@ -88,32 +91,52 @@ class Router:
         raise unknown_segment(call.path)
 
     # ----- functions and actions ----------------------------------------------------------------
+    def _require(self, call: Call, method: str) -> None:
+        """A function (GET) or action (POST) called with another method: 404 with an empty code and "No HTTP
+        resource was found that matches the request URI" (Microsoft's "Troubleshoot Dataverse Web API client
+        errors", contract/fixtures/powerapps-docs/error-wrong-method-for-function.json)."""
+        if call.method != method:
+            raise ODataError(404, "", "No HTTP resource was found that matches the request URI "
+                             f"'{self.base}{call.path}'.")
+
     def _who_am_i(self, call: Call, m: re.Match[str]) -> Result:
-        require_method(call.method, "GET")
+        self._require(call, "GET")
         user = call.principal.user
         return json_result({"@odata.context": self.base + "$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse",
                             "BusinessUnitId": user["_businessunitid_value"], "UserId": user["systemuserid"],
                             "OrganizationId": self.organization_id})
 
+    def _retrieve_version(self, call: Call, m: re.Match[str]) -> Result:
+        """Unbound function, no parameters; RetrieveVersionResponse has one property, Version (Edm.String)
+        (doc: Microsoft Learn, Web API reference "RetrieveVersion Function" and "RetrieveVersionResponse
+        ComplexType"). The @odata.context follows WhoAmI's documented answer (inferred)."""
+        if call.method != "GET":
+            raise not_allowed(call.method)
+        return json_result({"@odata.context": self.base + "$metadata#Microsoft.Dynamics.CRM.RetrieveVersionResponse",
+                            "Version": SERVER_VERSION})
+
     def _import(self, call: Call, m: re.Match[str]) -> Result:
-        require_method(call.method, "POST")
+        self._require(call, "POST")
         return self.solutions.import_solution(m.group(1), parse_body(call.body), call.principal)
 
     def _role_privileges(self, call: Call, m: re.Match[str]) -> Result:
-        require_method(call.method, "GET")
-        raw = call.query.get(m.group(1), "") if m.group(1).startswith("@") else m.group(1)
-        return self.roles.retrieve_role_privileges(parse_guid(raw), call.principal)
+        self._require(call, "GET")
+        params = dict(p.split("=", 1) if "=" in p else (p, "") for p in m.group(1).split(",") if p)
+        check_function_parameters("RetrieveRolePrivilegesRole", list(params))
+        value = params.get("RoleId", "")
+        raw = call.query.get(value, "") if value.startswith("@") else value
+        return self.roles.retrieve_role_privileges(parse_guid(raw.strip("'")), call.principal)
 
     def _user_privileges(self, call: Call, m: re.Match[str]) -> Result:
-        require_method(call.method, "GET")
+        self._require(call, "GET")
         return self.roles.retrieve_user_privileges(m.group(1).lower(), call.principal)
 
     def _privilege_action(self, call: Call, m: re.Match[str]) -> Result:
-        require_method(call.method, "POST")
+        self._require(call, "POST")
         return self.roles.privilege_action(m.group(2), m.group(1).lower(), parse_body(call.body), call.principal)
 
     def _set_business_unit(self, call: Call, m: re.Match[str]) -> Result:
-        require_method(call.method, "POST")
+        self._require(call, "POST")
         return self.users.set_business_system_user(m.group(1).lower(), parse_body(call.body), call.principal)
 
     def _association(self, call: Call, m: re.Match[str]) -> Result:
@@ -150,7 +173,7 @@ class Router:
 
     # ----- $batch -------------------------------------------------------------------------------
     def _batch(self, call: Call, m: re.Match[str]) -> Result:
-        require_method(call.method, "POST")
+        self._require(call, "POST")
         parts = parse_batch(call.headers.get("content-type", ""), call.body)
         continue_on_error = "odata.continue-on-error" in call.headers.get("prefer", "")
         responses = []

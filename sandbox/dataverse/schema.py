@@ -58,15 +58,19 @@ _table(Table("systemuser", "systemusers", "systemuserid", "SystemUser",
              navigations=frozenset({"systemuserroles_association"})))
 _table(Table("role", "roles", "roleid", "Role",
              {"roleid": GUID, "name": STR, "_businessunitid_value": GUID, "_parentrootroleid_value": GUID,
-              "_parentroleid_value": GUID, "ismanaged": BOOL, "_solutionid_value": GUID, **_COMMON},
+              "_parentroleid_value": GUID, "ismanaged": BOOL, "solutionid": GUID, **_COMMON},
              navigations=frozenset({"systemuserroles_association"})))
 _table(Table("solution", "solutions", "solutionid", "Solution",
              {"solutionid": GUID, "uniquename": STR, "friendlyname": STR, "version": STR, "ismanaged": BOOL,
               "installedon": DATE, "description": STR, "isvisible": BOOL, **_COMMON}))
 _table(Table("asyncoperation", "asyncoperations", "asyncoperationid", "AsyncOperation",
-             {"asyncoperationid": GUID, "name": STR, "operationtype": INT, "statecode": INT, "statuscode": INT,
+             {"asyncoperationid": GUID, "name": STR, "messagename": STR, "operationtype": INT, "statecode": INT,
+              "statuscode": INT,
               "message": STR, "friendlymessage": STR, "startedon": DATE, "completedon": DATE,
-              "_ownerid_value": GUID, "correlationid": GUID, **_COMMON}))
+              "_ownerid_value": GUID, "correlationid": GUID,
+              # no versionnumber (so no @odata.etag): the asyncoperation Microsoft's Terraform provider recorded
+              # has neither (contract/fixtures/terraform-provider-power-platform/get-async-operation-succeeded.json)
+              "createdon": DATE, "modifiedon": DATE}))
 _table(Table("importjob", "importjobs", "importjobid", "ImportJob",
              {"importjobid": GUID, "progress": "Edm.Double", "data": STR, "solutionname": STR,
               "startedon": DATE, "completedon": DATE, "_solutionid_value": GUID, "name": STR, **_COMMON}))
@@ -83,6 +87,12 @@ _table(Table("lead", "leads", "leadid", "lead",
               "_owningbusinessunit_value": GUID, **_COMMON},
              creatable=frozenset({*_LEAD_FIELDS, "leadsourcecode", "numberofemployees", "leadid"}),
              updatable=frozenset({*_LEAD_FIELDS, "leadsourcecode", "numberofemployees", "statecode", "statuscode"})))
+
+# A role's template, the lookup `_roletemplateid_value` (Web API reference, role EntityType: roletemplateid):
+# organization.py gives the built-in System Administrator its documented one; a solution's role has none.
+# Copies in other business units are made from the root role's row, so they carry it too.
+TABLES["roles"].columns["_roletemplateid_value"] = GUID
+
 
 def unknown_property(name: str, table: Table) -> ODataError:
     # Dataverse/OData wording for an unknown column in $select, $filter or a body.

@@ -14,6 +14,7 @@ from xml.sax.saxutils import quoteattr
 
 from sandbox.common import SandboxSettings
 from sandbox.dataverse import catalogue
+from sandbox.dataverse.operations import check_action_parameters
 from sandbox.dataverse.protocol import (
     E_BAD_ZIP,
     E_IMPORT_GENERIC,
@@ -34,10 +35,10 @@ from sandbox.dataverse.security import Principal, Security
 from sandbox.dataverse.store import Store
 from sandbox.solution_zip import SolutionManifest, parse_solution_zip, version_tuple
 
-IMPORT_PARAMETERS = {"OverwriteUnmanagedCustomizations", "PublishWorkflows", "CustomizationFile", "ImportJobId",
-                     "HoldingSolution", "SkipProductUpdateDependencies", "ComponentParameters",
-                     "SolutionParameters", "ConvertToManaged", "SkipQueueRibbonJob", "LayerDesiredOrder",
-                     "AsyncRibbonProcessing", "IsTemplateMode", "TemplateSuffix"}
+ASYNC_REQUEST = 54  # asyncoperation OperationType "Execute Async Request"
+# (statecode, statuscode) pairs of a running system job, from the asyncoperation StatusCode table (Learn:
+# reference/entities/asyncoperation): 0 Ready / 0 Waiting For Resources, 2 Locked / 20 In Progress
+WAITING, IN_PROGRESS = (0, 0), (2, 20)
 
 
 @dataclass
@@ -71,10 +72,7 @@ class SolutionImports:
 
     def import_solution(self, action: str, body: dict, pr: Principal) -> Result:
         self.security.require(pr, "prvImportCustomization", "Global")
-        unknown = set(body) - IMPORT_PARAMETERS
-        if unknown:
-            raise bad_request(f"The parameter '{sorted(unknown)[0]}' in the request payload is not a valid "
-                              f"parameter for the operation '{action}'.")
+        check_action_parameters(action, body)
         for required in ("CustomizationFile", "OverwriteUnmanagedCustomizations", "PublishWorkflows"):
             if required not in body:
                 raise bad_request(f"The parameter '{required}' is required for the operation '{action}'.")
@@ -95,8 +93,14 @@ class SolutionImports:
         owner = pr.user["systemuserid"]
         now = now_iso()
         self.store.rows["asyncoperations"][async_id] = self.store.stamp({
-            "asyncoperationid": async_id, "name": action, "operationtype": 202 if action == "ImportSolutionAsync"
-            else 207, "statecode": 0, "statuscode": 0, "message": None, "friendlymessage": None,
+            # operationtype 54 "Execute Async Request" (Learn: reference/entities/asyncoperation, OperationType),
+            # as the ImportSolutionAsync job Microsoft's Terraform provider recorded (contract/fixtures/
+            # terraform-provider-power-platform/get-async-operation-succeeded.json); 202 is "Export Solution
+            # Async Operation". StageAndUpgradeAsync's: the same (inferred, no recording).
+            # name "ImportSolution" as recorded for an ImportSolutionAsync job; a StageAndUpgradeAsync's inferred
+            "asyncoperationid": async_id, "name": action.removesuffix("Async"), "messagename": action,
+            "operationtype": ASYNC_REQUEST,
+            "statecode": 0, "statuscode": 0, "message": None, "friendlymessage": None,
             "startedon": now, "completedon": None, "_ownerid_value": owner, "correlationid": str(uuid.uuid4())},
             created=True)
         self.store.rows["importjobs"][import_job] = self.store.stamp({
@@ -130,7 +134,7 @@ class SolutionImports:
                 self._finish(task, op, job)
                 continue
             fraction = elapsed / task.duration if task.duration else 1.0
-            state = (0, 0) if fraction < 0.1 else (1, 20)
+            state = WAITING if fraction < 0.1 else IN_PROGRESS
             progress = round(min(99.0, fraction * 100.0), 2)
             if (op["statecode"], op["statuscode"]) != state:
                 op["statecode"], op["statuscode"] = state
@@ -217,7 +221,7 @@ class SolutionImports:
         declared = {r["id"] for r in m.roles}
         if task.upgrade:  # a stage-and-upgrade deletes the components the new version no longer has
             for role_id in [r for r, row in self.store.rows["roles"].items()
-                            if row["_solutionid_value"] == sid and row["_parentroleid_value"] is None
+                            if row["solutionid"] == sid and row["_parentroleid_value"] is None
                             and r not in declared]:
                 self.store.delete_role(role_id)
         for role in m.roles:
@@ -231,7 +235,7 @@ class SolutionImports:
 
     def uninstall(self, solution_id: str) -> None:
         for rid in [r for r, row in self.store.rows["roles"].items()
-                    if row["_solutionid_value"] == solution_id and row["_parentroleid_value"] is None]:
+                    if row["solutionid"] == solution_id and row["_parentroleid_value"] is None]:
             self.store.delete_role(rid)
         del self.store.rows["solutions"][solution_id]
 

@@ -70,7 +70,7 @@ class Store:
         root_bu = self.root_business_unit()
         self.rows["roles"][role_id] = self.stamp({
             "roleid": role_id, "name": name, "_businessunitid_value": root_bu, "_parentrootroleid_value": role_id,
-            "_parentroleid_value": None, "ismanaged": managed, "_solutionid_value": solution_id}, created=True)
+            "_parentroleid_value": None, "ismanaged": managed, "solutionid": solution_id}, created=True)
         self.role_privileges.setdefault(role_id, {})
         for bu in self.rows["businessunits"]:
             if bu != root_bu:

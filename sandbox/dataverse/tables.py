@@ -27,6 +27,7 @@ from sandbox.dataverse.odata import (
 from sandbox.dataverse.protocol import (
     E_ETAG,
     E_HAS_USERSETTINGS,
+    E_PAYLOAD,
     ODataError,
     Result,
     bad_request,
@@ -50,9 +51,13 @@ def split_body(table: Table, body: dict, allowed: frozenset[str]) -> tuple[dict,
             continue
         if key.endswith("@odata.bind"):
             nav = key[: -len("@odata.bind")]
-            if nav not in table.binds:
-                raise bad_request(f"An undeclared property '{nav}' which only has property annotations in the "
-                                  "payload but no property value was found in the payload.")
+            if nav not in table.binds:  # Microsoft's troubleshooting page: 0x80048d19 around the OData error
+                raise ODataError(400, E_PAYLOAD, f"Error identified in Payload provided by the user for Entity "
+                                 f":'{table.entity_set}'  ---->  InnerException : Microsoft.OData.ODataException: An "
+                                 f"undeclared property '{nav}' which only has property annotations in the payload "
+                                 "but no property value was found in the payload. In OData, only declared navigation "
+                                 "properties and declared named streams can be represented as properties without "
+                                 "values.")
             m = re.fullmatch(rf"(?:.*/)?(\w+)\(({GUID_PATTERN})\)", str(value))
             if not m:
                 raise bad_request(f"The value '{value}' of {key} is not a valid entity reference.")
@@ -80,13 +85,17 @@ def _coerce(table: Table, key: str, value: Any) -> Any:
 
 
 def created_result(base: str, table: Table, row: dict, query: dict, headers: dict[str, str]) -> Result:
-    """204 with OData-EntityId, or 201 with the row under `Prefer: return=representation`."""
+    """204 with OData-EntityId, or 201 with the row under `Prefer: return=representation`.
+
+    Learn, "Create a table row using the Web API" ("Create with data returned"): the 201 carries
+    `Preference-Applied: return=representation` and "the OData-EntityId header containing the URI to the
+    created record is not returned" (contract/fixtures/powerapps-docs/create-with-data-returned.json)."""
     entity_id = f"{base}{table.entity_set}({row[table.key]})"
     if "return=representation" in headers.get("prefer", "").replace(" ", ""):
         select = parse_select(table, query.get("$select"))
         ctx_cols = f"({','.join(select)})" if select else ""
         return json_result({"@odata.context": f"{base}$metadata#{table.entity_set}{ctx_cols}/$entity",
-                            **project(table, row, select)}, 201, {"OData-EntityId": entity_id, "Location": entity_id})
+                            **project(table, row, select)}, 201, {"Preference-Applied": "return=representation"})
     return 204, {"OData-EntityId": entity_id, "Location": entity_id}, b""
 
 

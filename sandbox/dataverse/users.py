@@ -4,40 +4,13 @@ user for an Entra user) and moving one to another business unit with the SetBusi
 
 from __future__ import annotations
 
-import re
-from typing import Any
-
-from sandbox.common import GUID_PATTERN
+from sandbox.dataverse.operations import check_action_parameters, entity_parameter
 from sandbox.dataverse.protocol import Result, bad_request, duplicate, not_found
 from sandbox.dataverse.schema import Table, parse_guid
 from sandbox.dataverse.security import Principal, Security
 from sandbox.dataverse.store import Store
 from sandbox.dataverse.tables import created_result, split_body
 from sandbox.entra import Directory
-
-SET_BUSINESS_PARAMETERS = {"BusinessUnit", "ReassignPrincipal", "DoNotMoveAllRecords"}
-
-
-def _entity_reference(value: Any, name: str, logical: tuple[str, ...]) -> tuple[str, str]:
-    """(entity logical name, id) of an entity-typed action parameter.
-
-    Accepted shapes, as the Web API takes them: {"@odata.type": "Microsoft.Dynamics.CRM.x", "xid": guid},
-    {"xid": guid}, or {"@odata.id": "x-set(guid)"}."""
-    if not isinstance(value, dict):
-        raise bad_request(f"The parameter '{name}' must be an entity object, e.g. "
-                          f"{{\"@odata.type\": \"Microsoft.Dynamics.CRM.{logical[0]}\", \"{logical[0]}id\": \"<guid>\"}}.")
-    odata_type = str(value.get("@odata.type") or "")
-    for entity in logical:
-        key = f"{entity}id"
-        if odata_type and odata_type.rsplit(".", 1)[-1] != entity:
-            continue
-        if value.get(key):
-            return entity, parse_guid(str(value[key]))
-        ref = str(value.get("@odata.id") or "")
-        if m := re.fullmatch(rf"(?:.*/)?{entity}s\(({GUID_PATTERN})\)", ref):
-            return entity, m.group(1).lower()
-    raise bad_request(f"The parameter '{name}' does not identify a {' or '.join(logical)} "
-                      f"(give @odata.type and {logical[0]}id).")
 
 
 class Users:
@@ -94,10 +67,7 @@ class Users:
         # Parameters per the Web API reference of the SetBusinessSystemUser action (docs/sandbox.md,
         # "Business-unit moves"): BusinessUnit and ReassignPrincipal are non-nullable; DoNotMoveAllRecords
         # (Edm.Boolean) is optional.
-        unknown = set(body) - SET_BUSINESS_PARAMETERS
-        if unknown:
-            raise bad_request(f"The parameter '{sorted(unknown)[0]}' in the request payload is not a valid parameter "
-                              "for the operation 'SetBusinessSystemUser'.")
+        check_action_parameters("SetBusinessSystemUser", body)
         for required in ("BusinessUnit", "ReassignPrincipal"):
             if body.get(required) is None:
                 raise bad_request(f"The parameter '{required}' is required for SetBusinessSystemUser and cannot be null.")
@@ -105,8 +75,8 @@ class Users:
         if not isinstance(do_not_move, bool):
             raise bad_request(f"Cannot convert the literal '{do_not_move}' to the expected type 'Edm.Boolean'.")
         user = self.store.get("systemusers", user_id)
-        _, bu = _entity_reference(body["BusinessUnit"], "BusinessUnit", ("businessunit",))
-        _, principal = _entity_reference(body["ReassignPrincipal"], "ReassignPrincipal", ("systemuser", "team"))
+        _, bu = entity_parameter(body["BusinessUnit"], "BusinessUnit", "businessunit")
+        _, principal = entity_parameter(body["ReassignPrincipal"], "ReassignPrincipal", "principal")
         self.store.get("businessunits", bu)
         if principal not in self.store.rows["systemusers"]:  # the sandbox has no teams
             raise not_found("systemuser", principal)

@@ -16,6 +16,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
+from urllib.parse import urlsplit
 
 from werkzeug.wrappers import Request, Response
 
@@ -27,8 +28,10 @@ from sandbox.common import (
     dataverse_error,
     segment_not_found,
 )
+from sandbox.contract import ContractGate
 from sandbox.dataverse import Organization
-from sandbox.dataverse.protocol import E_GENERIC, E_THROTTLED_REQUESTS
+from sandbox.dataverse.batch import parse_batch
+from sandbox.dataverse.protocol import E_GENERIC, E_THROTTLED_REQUESTS, ODataError
 from sandbox.entra import ENTRA_PATH, Directory, Entra, InvalidToken, caller_of, fault_error
 from sandbox.entra.errors import error_response as entra_error_response
 from sandbox.http.control import ControlApi
@@ -57,6 +60,17 @@ def _drop_connection(environ: dict[str, Any]) -> None:
             pass
 
 
+def _batch_parts(request: Request) -> list[dict[str, str]]:
+    """The inner requests of a Dataverse `$batch` (method, path without query) for its log entry, so a
+    test can tell a batch of reads from one carrying writes; a body that does not parse logs none (the
+    emulator answers it with its own error)."""
+    try:
+        parts = parse_batch(request.headers.get("Content-Type", ""), request.get_data())
+    except ODataError:
+        return []
+    return [{"method": part.method, "path": urlsplit(part.url).path or part.url.split("?", 1)[0]} for part in parts]
+
+
 class SandboxApp:
     """The WSGI application; the emulated services and the cross-cutting machinery around them."""
 
@@ -72,6 +86,9 @@ class SandboxApp:
         self.files = HostedFiles(base_url)
         self.partner_center = PartnerCenter(self.directory, self.settings, self.partner_center_url)
         self.control = ControlApi(self)
+        # contract/register.yaml: every request an emulator would serve must be one of its operations (checked
+        # after the fault rules: an injected answer, a replayed Microsoft example included, is no emulator's)
+        self.contract = ContractGate()
         self._lock = threading.RLock()
         self._orgs: dict[str, Organization] = {}
         # path → (log kind, handler); the first pattern that matches wins
@@ -160,7 +177,7 @@ class SandboxApp:
                 entry["kind"] = kind
                 return handler(request, entry, m)
         entry["kind"] = "unknown"
-        return segment_not_found(request.path)
+        return self.contract.refuse(request, "unknown", request.path, entry) or segment_not_found(request.path)
 
     def _control(self, request: Request, entry: dict[str, Any], m: re.Match[str]) -> Response:
         return self.control.handle(request, m.group(1) or "")
@@ -170,6 +187,8 @@ class SandboxApp:
         self.log.note_caller(entry, caller_of(request))
         if fault := self.faults.apply(request, entry, self._entra_fault(request)):
             return fault
+        if refusal := self.contract.refuse(request, "entra", request.path, entry):
+            return refusal
         return self.entra.handle(request, int(self.settings.token_lifetime_seconds), self.resource_known)
 
     @staticmethod
@@ -184,6 +203,8 @@ class SandboxApp:
     def _file(self, request: Request, entry: dict[str, Any], m: re.Match[str]) -> Response:
         if fault := self.faults.apply(request, entry, self._envelope_fault):
             return fault
+        if refusal := self.contract.refuse(request, "files", request.path, entry):
+            return refusal
         return self.files.serve(request, m.group(1))
 
     @staticmethod
@@ -196,6 +217,8 @@ class SandboxApp:
     # ----- Dataverse and Partner Center ---------------------------------------------------------
     def _dataverse(self, request: Request, entry: dict[str, Any], m: re.Match[str]) -> Response:
         entry["org"] = m.group(1)
+        if request.method == "POST" and m.group(2) == "$batch":
+            entry["parts"] = _batch_parts(request)
         return self._protected(request, entry, m.group(2) or "", self.instance_url(m.group(1)),
                                lambda: self.organization(m.group(1)))
 
@@ -206,11 +229,15 @@ class SandboxApp:
                    target_of: Callable[[], Any]) -> Response:
         caller, problem = self._authenticate(request, entry, audience)
         self.log.note_caller(entry, caller.label if caller else None)
-        if fault := self.faults.apply(request, entry, self._envelope_fault):
+        if fault := self.faults.apply(request, entry, self._envelope_fault, authenticated=caller is not None):
+            if "fault_respond" in entry:  # a recorded answer is sent exactly as recorded, a 401 too
+                return fault
             # a refused token looks the same injected or not: the service's 401 with its bearer challenge
             return self._unauthenticated(entry, audience, "injected fault") if fault.status_code == 401 else fault
         if caller is None:
             return self._unauthenticated(entry, audience, problem)
+        if refusal := self.contract.refuse(request, entry["kind"], subpath, entry):
+            return refusal
         target = target_of()
         if target is None:
             return segment_not_found(request.path)

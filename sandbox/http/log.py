@@ -7,6 +7,7 @@ from __future__ import annotations
 import email.utils
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from werkzeug.wrappers import Request
@@ -21,10 +22,10 @@ def retry_after_until(value: str) -> float:
 
 
 class RequestLog:
-    """Thread-safe; entries are numbered from 1 by `seq`."""
+    """Thread-safe; entries are numbered from 1 by `seq`; `wait` wakes up with each new entry."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Condition(threading.Lock())
         self._entries: list[dict[str, Any]] = []
         self._seq = 0
         self._retry_until: dict[tuple[str, str, str], float] = {}  # (kind, org, caller) -> end of Retry-After
@@ -75,7 +76,20 @@ class RequestLog:
             self._seq += 1
             entry["seq"] = self._seq
             self._entries.append(entry)
+            self._lock.notify_all()
 
     def since(self, seq: int) -> list[dict[str, Any]]:
         with self._lock:
             return [dict(e) for e in self._entries if e["seq"] > seq]
+
+    def wait(self, match: Callable[[dict[str, Any]], bool], timeout: float) -> list[dict[str, Any]]:
+        """The entries `match` accepts, as soon as there is one, or those there are after `timeout` seconds
+        (none): for an in-process caller waiting on a request the log has not recorded yet."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                found = [dict(e) for e in self._entries if match(e)]
+                left = deadline - time.monotonic()
+                if found or left <= 0:
+                    return found
+                self._lock.wait(left)

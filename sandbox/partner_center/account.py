@@ -1,6 +1,10 @@
 """The Partner Center emulator: one account's products and their customer-leads resources, the
 Product Ingestion API (`/rp/product-ingestion`: product list, resource tree, configure jobs that
 complete over time) and who may call it (applications with the Manager role).
+
+Answers follow Microsoft's examples (docs/sandbox.md, "Partner Center", names each source): the names are
+spelled as the current Learn page writes them (`jobID`, `identity.externalID`), or as its 2022 version did
+(`jobId`, `externalId`) with the setting `spelling: "2022"`, so clients are tested against both.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from sandbox.partner_center.schema import (
     SEEDED_OFFER,
     SUPPORTED_VERSIONS,
     mask,
+    schema_urls,
     validate_customer_leads,
 )
 
@@ -33,9 +38,23 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# jobEnd of a job that has not ended: both versions of the Learn page show this value in a pending job
+PENDING_JOB_END = "0001-01-01T00:00:00"
+SPELLINGS = {"current": {"jobId": "jobID", "externalId": "externalID"},  # Learn, ms.date 05/10/2023
+             "2022": {"jobId": "jobId", "externalId": "externalId"}}  # the page's 2022 version (ms.date 06/17/2022)
+
+
 def error(status: int, code: str, message: str) -> Response:
-    """The API's error envelope: {"error": {"code", "message"}}."""
-    return json_response({"error": {"code": code, "message": message}}, status)
+    """The API's error envelope, as the Learn page's 400 example: {"error": {"code", "message", "details": []}}
+    (lower camel case codes like its `badRequest`)."""
+    return json_response({"error": {"code": code, "message": message, "details": []}}, status)
+
+
+def query_arg(request: Request, name: str) -> str | None:
+    """A query parameter read without regard to case: the pages write `externalID=` and `externalId=`
+    (inferred: ASP.NET binds query names case-insensitively)."""
+    folded = name.casefold()
+    return next((value for key, value in request.args.items() if key.casefold() == folded), None)
 
 
 class PartnerCenter:
@@ -57,6 +76,7 @@ class PartnerCenter:
             self.managers: set[str] = {ADMIN_CLIENT_ID.lower()}
             self.fail_next: list[str] = []
             self.job_seconds = 0.4
+            self.spelling = "current"
             self.add_product(SEEDED_OFFER, "Contoso lead offer")
 
     def add_product(self, external_id: str, name: str | None = None) -> str:
@@ -92,7 +112,11 @@ class PartnerCenter:
             jobs = [{"jobId": j["jobId"], "jobStatus": self._status(j), "jobResult": j["jobResult"],
                      "products": j["products"], "errors": j["errors"]} for j in self.jobs.values()]
             return {"products": products, "jobs": jobs, "managers": sorted(self.managers),
-                    "job_seconds": self.job_seconds}
+                    "job_seconds": self.job_seconds, "spelling": self.spelling}
+
+    def name(self, key: str) -> str:
+        """A field name as the configured spelling writes it."""
+        return SPELLINGS[self.spelling].get(key, key)
 
     # ------------------------------------------------------------------ jobs
     def _status(self, job: dict[str, Any]) -> str:
@@ -146,12 +170,15 @@ class PartnerCenter:
         return resource
 
     def _job_body(self, job: dict[str, Any], version: str) -> dict[str, Any]:
+        """The configure-status object. Key order, jobEnd of a pending job and resourceUri only on success
+        follow Microsoft's examples (docs/sandbox.md)."""
         status = self._status(job)
-        body = {"$schema": f"{SCHEMA_BASE}/configure-status/{version}", "jobId": job["jobId"],
+        body = {"$schema": f"{SCHEMA_BASE}/configure-status/{version}", self.name("jobId"): job["jobId"],
                 "jobStatus": status, "jobResult": job["jobResult"], "jobStart": job["jobStart"],
-                "resourceUri": f"{self.base_url}/configure/{job['jobId']}", "errors": job["errors"]}
-        if status == "completed":
-            body["jobEnd"] = job["jobEnd"]
+                "jobEnd": job["jobEnd"] if status == "completed" else PENDING_JOB_END}
+        if job["jobResult"] == "succeeded":
+            body["resourceUri"] = f"{self.base_url}/configure/{job['jobId']}"
+        body["errors"] = job["errors"]
         return body
 
     # ------------------------------------------------------------------- API
@@ -159,13 +186,13 @@ class PartnerCenter:
         with self.lock:
             self.advance()
             if not caller.app_id or caller.app_id.lower() not in self.managers:
-                return error(403, "Forbidden", f"The caller '{caller.label}' is not an application with "
+                return error(403, "forbidden", f"The caller '{caller.label}' is not an application with "
                                                 "the Manager role in this Partner Center account.")
             version = request.args.get("$version")
             if not version:
-                return error(400, "BadRequest", "The '$version' query parameter is required.")
+                return error(400, "badRequest", "The '$version' query parameter is required.")
             if version not in SUPPORTED_VERSIONS:
-                return error(400, "BadRequest", f"The api version '{version}' is not supported. Supported "
+                return error(400, "badRequest", f"The api version '{version}' is not supported. Supported "
                                                  f"versions: {', '.join(SUPPORTED_VERSIONS)}.")
             parts = [p for p in subpath.strip("/").split("/") if p]
             method = request.method
@@ -178,23 +205,26 @@ class PartnerCenter:
             if len(parts) == 3 and parts[0] == "configure" and parts[2] == "status" and method == "GET":
                 job = self.jobs.get(parts[1])
                 if job is None:
-                    return error(404, "NotFound", f"Job '{parts[1]}' was not found.")
+                    return error(404, "notFound", f"Job '{parts[1]}' was not found.")
                 return json_response(self._job_body(job, version))
             if len(parts) == 2 and parts[0] == "configure" and method == "GET":
                 job = self.jobs.get(parts[1])
                 if job is None:
-                    return error(404, "NotFound", f"Job '{parts[1]}' was not found.")
-                return json_response({"$schema": f"{SCHEMA_BASE}/configure/{version}",
-                                      "resources": [mask(r) for r in job["resources"]]})
-            return error(404, "NotFound", f"No route for {method} /{subpath}.")
+                    return error(404, "notFound", f"Job '{parts[1]}' was not found.")
+                if not job["completed"]:  # doc: "If you make this call before the job is completed, it will fail."
+                    return error(400, "badRequest", f"Job '{parts[1]}' has not completed.")  # status inferred
+                done = job["resources"] if job["jobResult"] == "succeeded" else []
+                return json_response({"$schema": f"{SCHEMA_BASE}/configure-detail/{version}",
+                                      "resources": [mask(r) for r in done]})
+            return error(404, "notFound", f"No route for {method} /{subpath}.")
 
     def _product_body(self, product: dict[str, Any], version: str) -> dict[str, Any]:
         return {"$schema": f"{SCHEMA_BASE}/product/{version}", "id": f"product/{product['id']}",
-                "identity": {"externalId": product["externalId"]}, "type": "softwareAsAService",
+                "identity": {self.name("externalId"): product["externalId"]}, "type": "softwareAsAService",
                 "alias": product["name"]}
 
     def _list_products(self, request: Request, version: str) -> Response:
-        external_id = request.args.get("externalId")
+        external_id = query_arg(request, "externalId")
         value = [self._product_body(p, version) for p in self.products.values()
                  if external_id is None or p["externalId"] == external_id]
         return json_response({"value": value})
@@ -202,10 +232,10 @@ class PartnerCenter:
     def _resource_tree(self, request: Request, guid: str, version: str) -> Response:
         target = request.args.get("targetType", "draft")
         if target not in ("draft", "preview", "live"):
-            return error(400, "BadRequest", f"targetType '{target}' is not one of draft, preview, live.")
+            return error(400, "badRequest", f"targetType '{target}' is not one of draft, preview, live.")
         product = self.products.get(guid)
         if product is None:
-            return error(404, "NotFound", f"Product 'product/{guid}' was not found.")
+            return error(404, "notFound", f"Product 'product/{guid}' was not found.")
         resources = [self._product_body(product, version)]
         if target == "draft" and product["customerLeads"]:
             leads = mask(product["customerLeads"])
@@ -219,14 +249,15 @@ class PartnerCenter:
         try:
             body = json.loads(request.get_data(as_text=True) or "null")
         except ValueError:
-            return error(400, "BadRequest", "The request body is not valid JSON.")
+            return error(400, "badRequest", "The request body is not valid JSON.")
         if not isinstance(body, dict) or not isinstance(body.get("resources"), list):
-            return error(400, "BadRequest", "The request body must be an object with a 'resources' array.")
+            return error(400, "badRequest", "The request body must be an object with a 'resources' array.")
         errors: list[dict[str, str]] = []
         schema = body.get("$schema")
-        if schema != f"{SCHEMA_BASE}/configure/{version}":
+        if schema not in schema_urls("configure"):
             errors.append({"code": "invalidSchema",
-                           "message": f"$schema must be '{SCHEMA_BASE}/configure/{version}'"})
+                           "message": f"$schema must be '{SCHEMA_BASE}/configure/<version>' with a version of "
+                                      f"{list(SUPPORTED_VERSIONS)}"})
         for resource in body["resources"]:
             if not isinstance(resource, dict):
                 errors.append({"code": "invalidResource", "message": "each resource must be an object"})
@@ -242,7 +273,8 @@ class PartnerCenter:
         job_id = str(uuid.uuid4())
         products = [str(r.get("product")) for r in body["resources"] if isinstance(r, dict)]
         self.jobs[job_id] = {"jobId": job_id, "started": time.monotonic(), "seconds": self.job_seconds,
-                             "jobStart": _now(), "jobEnd": None, "completed": False, "jobResult": "pending",
+                             "jobStart": _now(), "jobEnd": PENDING_JOB_END, "completed": False,
+                             "jobResult": "pending",
                              "pending_errors": errors, "errors": [], "resources": copy.deepcopy(body["resources"]),
                              "products": products}
         return json_response(self._job_body(self.jobs[job_id], version), 202)

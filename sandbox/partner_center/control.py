@@ -11,7 +11,7 @@ from typing import Any
 from werkzeug.wrappers import Request, Response
 
 from sandbox.common import json_response
-from sandbox.partner_center.account import PartnerCenter, error
+from sandbox.partner_center.account import SPELLINGS, PartnerCenter, error
 from sandbox.partner_center.schema import SCHEMA_BASE, SUPPORTED_VERSIONS, mask
 
 Handler = Callable[[re.Match[str], dict[str, Any]], Response]
@@ -69,9 +69,15 @@ class AccountControl:
         return json_response({"pending": len(self.account.fail_next)})
 
     def _settings(self, m: re.Match[str], body: dict[str, Any]) -> Response:
+        """`job_seconds` (how long a configure job runs) and `spelling` ("current": `jobID`,
+        `identity.externalID` as Microsoft's Learn page writes them now; "2022": `jobId`, `externalId`)."""
+        if "spelling" in body:
+            if body["spelling"] not in SPELLINGS:
+                return error(400, "BadRequest", f"spelling must be one of {sorted(SPELLINGS)}")
+            self.account.spelling = body["spelling"]
         if "job_seconds" in body:
             self.account.job_seconds = float(body["job_seconds"])
-        return json_response({"job_seconds": self.account.job_seconds})
+        return json_response({"job_seconds": self.account.job_seconds, "spelling": self.account.spelling})
 
     def _reset(self, m: re.Match[str], body: dict[str, Any]) -> Response:
         self.account.reset()

@@ -13,6 +13,10 @@ from urllib.parse import urlsplit
 from sandbox.common import GUID_PATTERN
 
 SCHEMA_BASE = "https://schema.mp.microsoft.com/schema"
+# Both bases appear in the $schema of Microsoft's examples (Learn, "Product Ingestion API for the commercial
+# marketplace": product-ingestion.azureedge.net for the 2022-03-01-preview2/3 resources, schema.mp.microsoft.com
+# for its resources-index and later versions): requests may name either; answers use SCHEMA_BASE.
+SCHEMA_BASES = (SCHEMA_BASE, "https://product-ingestion.azureedge.net/schema")
 SUPPORTED_VERSIONS = ("2022-03-01-preview2", "2022-03-01-preview3", "2022-03-01-preview5")
 PUBLIC_BASE = "https://graph.microsoft.com/rp/product-ingestion"  # where Microsoft serves the API
 MASKED = "*********"  # what the API returns in place of applicationKey / password
@@ -26,6 +30,11 @@ SEEDED_OFFER = "contoso-lead-offer"  # one product present after start/reset (th
 
 _UUID = re.compile(rf"^{GUID_PATTERN}$")
 _EMAIL = re.compile(r"^[^@\s;,]+@[^@\s;,]+\.[^@\s;,]+$")
+
+
+def schema_urls(resource_type: str) -> set[str]:
+    """Every `$schema` a request may name for a resource type: either base, any supported version."""
+    return {f"{base}/{resource_type}/{v}" for base in SCHEMA_BASES for v in SUPPORTED_VERSIONS}
 
 
 def mask(resource: dict[str, Any]) -> dict[str, Any]:
@@ -46,9 +55,11 @@ def validate_customer_leads(resource: dict[str, Any], version: str) -> list[dict
     def fail(path: str, message: str, code: str = "invalidResource") -> None:
         errors.append({"code": code, "message": f"{resource.get('id') or 'customer-leads'}: {path}: {message}"})
 
-    expected_schema = f"{SCHEMA_BASE}/customer-leads/{version}"
-    if resource.get("$schema") != expected_schema:
-        fail("$schema", f"must be '{expected_schema}'", "invalidSchema")
+    # Each resource names its own schema version, which may differ from the call's $version (doc: the Learn
+    # page's lead management sample sends customer-leads/2022-03-01-preview3 with $version=2022-03-01-preview2)
+    if resource.get("$schema") not in schema_urls("customer-leads"):
+        fail("$schema", f"must be '{SCHEMA_BASE}/customer-leads/<version>' with a version of "
+                        f"{list(SUPPORTED_VERSIONS)}", "invalidSchema")
     if not isinstance(resource.get("product"), str) or not resource["product"]:
         fail("product", "is required")
     destination = resource.get("leadDestination")

@@ -5,13 +5,16 @@ sandbox and in the checkpoint (`pulumi stack export`)."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from sandbox.solution_zip import DEFAULT_ROLE_NAME, DEFAULT_UNIQUE_NAME, build_solution_zip
 from tests.harness.interrupt import CliRun
-from tests.harness.stacks import Stack, dev_stack
+from tools.stacks import Stack, dev_stack
 
 LEADWRITER_APP = "0b1f5a3c-5a4d-4e8b-9c6f-5a0d8b0c0b01"  # the dev stack's existing application
 RESOURCES = ("dev-dynamics-solution", "dev-dynamics-user", "dev-dynamics-role", "dev-dynamics-privileges",
@@ -55,6 +58,44 @@ def start(stack: Stack, *args: str) -> CliRun:
     run = CliRun(stack, *args)
     stack.runs.append(run)
     return run
+
+
+class HeldRead:
+    """A file the program reads in its top-level code, as a FIFO: the program's open blocks until `reached`
+    opens the other end, which is the event "the program is running its own code" (its imports are done, no
+    resource is registered yet). `release` lets it read `text`."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path, self.text = path, text
+        os.mkfifo(path)
+        self._writer: int | None = None
+
+    def reached(self, timeout: float = 120) -> bool:
+        """Whether the program opened the file within `timeout` seconds."""
+        opened: list[int] = []
+        opener = threading.Thread(target=lambda: opened.append(os.open(self.path, os.O_WRONLY)), daemon=True)
+        opener.start()
+        opener.join(timeout)
+        if opener.is_alive():  # nobody came: be the reader ourselves so that the opener returns
+            reader = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+            opener.join(10)
+            os.close(reader)
+            for fd in opened:
+                os.close(fd)
+            return False
+        self._writer = opened[0]
+        return True
+
+    def release(self) -> None:
+        if self._writer is None:
+            return
+        try:
+            os.write(self._writer, self.text.encode())
+        except BrokenPipeError:  # the program is gone
+            pass
+        finally:
+            os.close(self._writer)
+            self._writer = None
 
 
 def last_seq(sandbox) -> int:

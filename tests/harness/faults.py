@@ -26,3 +26,10 @@ def fault_kinds(timeout_seconds: int) -> dict[str, dict[str, Any]]:
         "lost answer": {"reset": True, "after": True},  # processed, then the connection dropped
         "timeout": {"latency_ms": (timeout_seconds + 1) * 1000},  # processed after the client stopped waiting
     }
+
+
+def injected(sandbox: Any, org_name: str, rule: str, *, wait: float = 0) -> list[dict[str, Any]]:
+    """The request-log entries of fault rule `rule` in organization `org_name`; with `wait`, as soon as there is
+    one, at most `wait` seconds (a held request is logged when the sandbox answers it, which may be after the
+    client gave up and went on). Reads the in-process sandbox's log, which wakes this wait with each entry."""
+    return sandbox._sandbox.app.log.wait(lambda e: e.get("org") == org_name and e.get("fault") == rule, wait)

@@ -21,6 +21,8 @@ from google.protobuf import struct_pb2
 from pulumi.runtime import rpc
 from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
 
+from tests.harness.interrupt import first_line
+
 PROVIDER_KEY = "__provider"
 DYNAMIC_TYPE = "pulumi-python:dynamic:Resource"
 CALL_TIMEOUT_SECONDS = 1800.0
@@ -228,7 +230,7 @@ class ProviderHost:
             stderr=self._stderr_file,
         )
         assert self.process.stdout is not None
-        line = self.process.stdout.readline().decode().strip()
+        line = first_line(self.process.stdout, 120).decode().strip()
         if not line.isdigit():
             self.process.wait(timeout=10)
             raise ProviderError(f"provider host did not start: {self.stderr_text()[-2000:]}", method="start")
