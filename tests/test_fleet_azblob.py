@@ -112,7 +112,7 @@ def test_a_fleet_of_20_on_azblob_drift_in_3_faults_in_2_then_repaired_and_in_syn
 
 # --- many runners, one backend -------------------------------------------------------------------------
 class FleetRun:
-    """`python -m fleet ARGS` started in its own session, for `CliRun` (output as it comes, kill_tree)."""
+    """`python -m fleet ARGS` started in its own session, for `CliRun` (output as it comes, processes, kill_tree)."""
 
     def __init__(self, fp: FleetProject) -> None:
         self.fp = fp
@@ -163,7 +163,7 @@ def test_two_runs_on_overlapping_stacks_update_each_stack_once_and_report_the_he
         first = CliRun(FleetRun(fp), "up", "r-a", "r-b", "--json", str(fp.root / "first.json"))
         try:
             assert held.reached.wait(300), first.output
-            first.tree()  # the first run's processes, the `pulumi up` of r-b among them
+            first.processes()  # the first run's processes (kept in .seen), the `pulumi up` of r-b among them
             second = fp.fleet("up", "r-b", "r-c", "--json", str(fp.root / "second.json"),
                               "--markdown", str(fp.root / "second.md"))
         finally:
