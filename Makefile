@@ -70,8 +70,9 @@ test-stress: $(STAMP) pulumi ## interruption, lock, Ctrl-C, engine-fault and fle
 bench: $(STAMP) pulumi ## performance figures against design.md's targets
 	$(PY) -m tools.bench
 
-bench-scale: $(STAMP) pulumi ## fleet growth: add, warm preview, status at 50/200/500 stacks (SIZES=20,50 BACKEND=azblob)
-	$(PY) -m tools.bench_scale $(if $(SIZES),--sizes $(SIZES)) $(if $(BACKEND),--backend $(BACKEND))
+bench-scale: $(STAMP) pulumi azurite ## fleet growth: add, warm preview, status at 50/200/500 stacks on file, 50/200 on azblob +20 ms (SIZES= AZBLOB_SIZES= BACKEND=file|azblob|both LATENCY_MS=)
+	$(PY) -m tools.bench_scale $(if $(SIZES),--sizes $(SIZES)) $(if $(BACKEND),--backend $(BACKEND)) \
+	    $(if $(AZBLOB_SIZES),--azblob-sizes $(AZBLOB_SIZES)) $(if $(LATENCY_MS),--latency-ms $(LATENCY_MS))
 
 lint: $(STAMP)      ## ruff on the tree; mypy on the shipped code; generated config docs up to date
 	$(PY) -m ruff check .
