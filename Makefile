@@ -22,7 +22,7 @@ ifneq ($(filter-out clean,$(or $(MAKECMDGOALS),default)),)
 $(info make: Python $(or $(PYVER),(none found)) at $(or $(PYTHON),-) for $(VENV) ($(PYTHON_FROM)))
 endif
 
-.PHONY: demo test test-fast test-stress bench bench-scale lint sandbox pulumi actionlint azurite clean
+.PHONY: demo test test-fast test-long test-stress bench bench-scale lint sandbox pulumi actionlint azurite clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	@case "$(PYVER)" in \
@@ -51,11 +51,14 @@ azurite:              ## Azurite (Azure Storage emulator) for the fleet's azblob
 demo: $(STAMP) pulumi ## the main job: the dev stack against the local sandbox, through .tools/bin/pulumi
 	$(PY) -m tools.demo $(DEMO_ARGS)
 
-test: $(STAMP) pulumi actionlint azurite lint ## lint (ruff, mypy), then the whole suite, heavy matrices included
-	$(PY) -m pytest -n 2 --dist worksteal -q
+test: $(STAMP) pulumi actionlint azurite lint ## lint (ruff, mypy), then the whole suite, heavy matrices included (not `long`)
+	$(PY) -m pytest -n 2 --dist worksteal -q -m "not long"
 
-test-fast: $(STAMP) pulumi actionlint azurite ## the suite without the heavy matrices
-	$(PY) -m pytest -n 2 --dist worksteal -q -m "not heavy"
+test-long: $(STAMP) pulumi azurite ## the tests beyond make test's time budget (marker `long`); CI runs them as their own part
+	$(PY) -m pytest -n 2 --dist worksteal -q -m long
+
+test-fast: $(STAMP) pulumi actionlint azurite ## the suite without the heavy matrices (nor `long`)
+	$(PY) -m pytest -n 2 --dist worksteal -q -m "not heavy and not long"
 
 # test-stress: STRESS_RUNS=1 for one run; STRESS_TESTS="tests/test_locks.py ..." instead of the selection in
 # tests/stress.py; STRESS_ARGS="-m 'not heavy'" for more pytest arguments; STRESS_HOGS=N busy processes
