@@ -20,7 +20,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ import pytest
 import yaml
 
 from tests.harness.dev_stack_runs import converged_without_duplicates
-from tests.harness.interrupt import AtWrite, CliRun
+from tests.harness.interrupt import AtWrite, CliRun, Held
 from tests.test_fleet import DRIFTED, FAULTED, FLEET_SIZE, FleetProject, fleet_story, orgs, report
 from tools.azurite import Azurite
 from tools.offline_env import PULUMI, REPO
@@ -123,17 +122,6 @@ class FleetRun:
         return subprocess.Popen([sys.executable, "-m", "fleet", *args, "-C", str(self.fp.dir)], cwd=REPO,
                                 env=self.fp.env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-
-
-class Held:
-    """Hold the answer of one Dataverse write until released: the run that sent it stays in flight."""
-
-    def __init__(self) -> None:
-        self.reached, self.release = threading.Event(), threading.Event()
-
-    def __call__(self) -> None:
-        self.reached.set()
-        self.release.wait(300)
 
 
 def _onboard(fp: FleetProject, sandbox: Any, names: list[str]) -> dict[str, str]:
