@@ -112,7 +112,7 @@ def run_stack(ws: Workspace, name: str, verb: str, log_dir: Path, *, refresh: bo
                 locks = refusal_locks(text)
                 if locks is None:
                     code = _exit_code(error)
-                    reason = failure_reason(collector.diagnostics, text, code)
+                    reason = ws.explained(failure_reason(collector.diagnostics, text, code))
                     out(f"# fleet: failed: {reason}")
                     return StackResult(name, FAILED, collector.changes(), reason, time.monotonic() - started,
                                        log_path, lock=recovered)
@@ -191,7 +191,7 @@ def _recover(ws: Workspace, name: str, locks: list[Lock], out: Callable[[str], N
         try:
             ws.pulumi(*argv, stack=name)
         except auto.errors.CommandError as error:
-            return record, f"recovery step `{command}` failed: {first_error_line(str(error))}"
+            return record, f"recovery step `{command}` failed: {ws.explained(first_error_line(str(error)))}"
     return record, None
 
 

@@ -64,7 +64,8 @@ def stack_status(ws: Workspace, name: str, *, days: int, today: dt.date | None =
         return StackResult(name, FAILED, error=f"invalid configuration: {problems}",
                            duration_s=time.monotonic() - started)
     except auto.errors.CommandError as error:
-        return StackResult(name, FAILED, error=first_error_line(str(error)), duration_s=time.monotonic() - started)
+        return StackResult(name, FAILED, error=ws.explained(first_error_line(str(error))),
+                           duration_s=time.monotonic() - started)
     resources = (state.get("deployment") or {}).get("resources") or []
     outputs: dict[str, Any] = next((r.get("outputs") or {} for r in resources if r.get("type") == "pulumi:pulumi:Stack"), {})
     flags: list[str] = []

@@ -82,7 +82,42 @@ class Workspace:
         try:
             return sorted(s.name for s in self.automation.list_stacks())
         except auto.errors.CommandError as error:
-            raise FleetError(f"cannot list the stacks: {first_error_line(str(error))}") from None
+            raise FleetError(f"cannot list the stacks: {self.explained(first_error_line(str(error)))}") from None
+
+    def explained(self, said: str) -> str:
+        """A CLI failure's words, with what to do when its cause is a damaged state file we can name."""
+        if not re.search(r"\bEOF$", said):
+            return said
+        damaged = self.damaged_sidecars()
+        if not damaged:
+            return said
+        return (f"{said} — {len(damaged)} metadata file(s) beside the checkpoints in the file backend are unreadable "
+                f"(a run was killed while Pulumi wrote them; the checkpoints themselves are whole): delete "
+                f"{', '.join(str(p) for p in damaged)}; then log in with ?metadata=skip so it cannot happen "
+                f"again (README, \"State backend\")")
+
+    def damaged_sidecars(self) -> list[Path]:
+        """On a `file://` backend, the `.attrs` metadata files under `.pulumi/` that are not whole JSON.
+
+        gocloud.dev's fileblob (Pulumi's file backend) writes each object atomically (temp file + rename) but
+        its `<object>.attrs` sidecar in place (os.Create, then the JSON: blob/fileblob/attrs.go, setAttrs); a
+        SIGKILL between the two leaves it empty, and Pulumi then fails every read of that object, and
+        `stack ls`, with `EOF`. Deleting the sidecar is safe: it holds only a content type and an MD5, and
+        fileblob treats a missing one as defaults. `?metadata=skip` stops fileblob writing them."""
+        try:
+            url = self.automation.who_am_i().url or ""
+        except auto.errors.CommandError:
+            url = os.environ.get("PULUMI_BACKEND_URL", "")
+        if not url.startswith("file://"):
+            return []
+        root = Path(os.path.expanduser(url.removeprefix("file://").split("?", 1)[0])) / ".pulumi"
+        damaged = []
+        for path in sorted(root.rglob("*.attrs")):
+            try:
+                json.loads(path.read_bytes())
+            except (OSError, ValueError):
+                damaged.append(path)
+        return damaged
 
     def select(self, patterns: Iterable[str]) -> list[str]:
         """Stacks matching any of the glob patterns (all stacks without patterns); a pattern that
@@ -157,7 +192,8 @@ class Workspace:
 
 def first_error_line(text: str) -> str:
     """The first `error: …` line of a CLI failure, else its last non-empty line."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # the Automation API's CommandError puts " stderr: " before the CLI's own first line
+    lines = [ln.strip().removeprefix("stderr:").strip() for ln in text.splitlines() if ln.strip()]
     for line in lines:
         if line.startswith("error:"):
             return line[len("error:"):].strip()

@@ -286,6 +286,33 @@ def test_status_reports_expiry_rotation_validation_and_the_offer_and_flags_what_
     assert not any(f.startswith("credential expires") for f in relaxed_flags)  # 10 days away, beyond 5
 
 
+def test_a_stack_left_unreadable_by_an_empty_metadata_sidecar_is_reported_with_the_file_to_delete(
+        fleet_project: FleetProject, sandbox: Any):
+    """A file backend logged in without `?metadata=skip` (Pulumi's default) keeps `<stack>.json.attrs` beside
+    each checkpoint; a run killed while writing it leaves it empty and Pulumi answers `failed to load
+    checkpoint: EOF`. fleet says what that is and what to do; after the fix the stack reads again."""
+    fp = fleet_project
+    env = {**fp.env, "PULUMI_BACKEND_URL": (fp.root / "state").as_uri()}  # fileblob's default: sidecars
+    inventory = fp.root / "one.yaml"
+    inventory.write_text(yaml.safe_dump([{"name": "sidecar", **fp.settings(orgs(sandbox, 1)[0])}]))
+    added = fp.fleet("add", "--from", str(inventory), env=env)
+    assert added.returncode == 0, added.stdout + added.stderr
+    checkpoint = next((fp.root / "state").rglob("sidecar.json"))
+    sidecar = checkpoint.with_name("sidecar.json.attrs")
+    sidecar.write_bytes(b"")  # what a SIGKILL between fileblob's os.Create and its write leaves
+
+    # Pulumi's `stack ls` reads every checkpoint: one damaged sidecar stops the whole fleet, named exactly
+    listing = fp.fleet("status", "--json", str(fp.root / "status.json"), env=env)
+    assert listing.returncode == 2, listing.stdout + listing.stderr
+    said = listing.stdout + listing.stderr
+    assert "cannot list the stacks: EOF — 1 metadata file(s)" in said and f"delete {sidecar};" in said
+    assert "metadata=skip" in said
+
+    sidecar.unlink()
+    again = fp.fleet("status", "--json", str(fp.root / "status.json"), env=env)
+    assert report(fp.root / "status.json")["sidecar"]["status"] != "failed", again.stdout + again.stderr
+
+
 # --- progress ----------------------------------------------------------------------------------------
 def test_live_progress_on_a_terminal_and_plain_lines_otherwise(fleet_project: FleetProject, sandbox: Any):
     fp = fleet_project

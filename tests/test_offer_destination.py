@@ -4,7 +4,6 @@ check, create, no-op diff, portal drift read and repaired, secret rotation, API 
 from __future__ import annotations
 
 import hashlib
-import time
 import uuid
 from typing import Any
 
@@ -188,11 +187,9 @@ def test_a_job_that_never_completes_fails_within_the_bounded_timeout(
     impatient = OfferLeadDestinationProvider(job_timeout_seconds=1.5)
     impatient.configure(ConfigureRequest(Config(stack_config(sandbox.info), "lead-destination")))
     sandbox.control.partner_center("POST", "settings", {"job_seconds": 60})
-    try:
-        started = time.monotonic()
+    try:  # the job ends after 60 s: without the bound, create would wait for it and succeed
         with pytest.raises(ResourceOperationError, match="timed out after 2 s waiting for Partner Center configure job"):
             impatient.create(checked(impatient, inputs(offer_id, org)))
-        assert time.monotonic() - started < 6
     finally:
         sandbox.control.partner_center("POST", "settings", {"job_seconds": 0.4})
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.offline_env import PULUMI, REPO, pulumi_env
+from tools.offline_env import PULUMI, REPO, file_backend_url, pulumi_env
 
 PIN_FILES = ("cli/go.mod", "language-python/go.mod", "python-sdk/go.mod")
 
@@ -97,10 +97,35 @@ def test_the_offline_environment_points_the_cli_at_the_project_and_nothing_onlin
     assert env["PATH"].split(os.pathsep)[0] == str(PULUMI.parent)
     assert env["PULUMI_SKIP_UPDATE_CHECK"] == "true"
     assert env["PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION"] == "true"
-    assert env["PULUMI_BACKEND_URL"] == (tmp_path / "state").as_uri()
+    assert env["PULUMI_BACKEND_URL"] == (tmp_path / "state").as_uri() + "?metadata=skip"
     assert env["PULUMI_HOME"] == str(tmp_path / "home")
     assert env["PULUMI_PYTHON_CMD"] == str(REPO / ".venv" / "bin" / "python")
     # the CLI really uses that backend and home: a stack made there is listed there and nowhere else
     done = subprocess.run([str(PULUMI), "stack", "ls", "--json"], cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_file_backend_writes_no_metadata_sidecar_that_a_kill_could_leave_empty(tmp_path: Path):
+    """With fileblob's default, Pulumi writes `<stack>.json.attrs` in place next to each checkpoint; an empty
+    one (a run killed between its create and its write) makes the stack unreadable. The project's backend
+    URL (metadata=skip) writes none, and an empty one is exactly Pulumi's `failed to load checkpoint: EOF`."""
+    def init(url: str, stack: str) -> Path:
+        env = pulumi_env(REPO, home=tmp_path / "home", backend=tmp_path / "state", base={"PATH": "/usr/bin"})
+        env["PULUMI_BACKEND_URL"] = url
+        done = subprocess.run([str(PULUMI), "stack", "init", stack, "--non-interactive"], cwd=REPO, env=env,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return next((tmp_path / "state").rglob(f"{stack}.json"))
+
+    ours = init(file_backend_url(tmp_path / "state"), "skip")
+    assert ours.read_text().strip() and not list((tmp_path / "state").rglob("*.attrs"))
+
+    default = init((tmp_path / "state").as_uri(), "sidecar")
+    sidecar = default.with_name(default.name + ".attrs")
+    assert sidecar.stat().st_size > 0, "fileblob's default writes the sidecar"
+    sidecar.write_bytes(b"")  # what a SIGKILL between os.Create and the JSON write leaves
+    env = pulumi_env(REPO, home=tmp_path / "home", backend=tmp_path / "state", base={"PATH": "/usr/bin"})
+    done = subprocess.run([str(PULUMI), "stack", "export", "--stack", "sidecar"], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and "failed to load checkpoint: EOF" in done.stderr

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tools.offline_env import PULUMI, REPO, pulumi_env
+from tools.offline_env import PULUMI, REPO, file_backend_dir, pulumi_env
 
 DEFAULT_PORT = 48443
 STACK = "dev"
@@ -101,7 +101,7 @@ def dev_stack_on_port(console: Console, port: int) -> Iterator[None]:
 def fresh_backend(env: dict[str, str]) -> None:
     """A clean start: the dev stack's file backend is emptied and the stack created again; Pulumi.dev.yaml
     (config and encryption salt) is kept, so the sandbox-only secrets stay readable."""
-    backend = Path(env["PULUMI_BACKEND_URL"].removeprefix("file://"))
+    backend = file_backend_dir(env["PULUMI_BACKEND_URL"])
     shutil.rmtree(backend, ignore_errors=True)
     backend.mkdir(parents=True)
     subprocess.run([str(PULUMI), "stack", "init", STACK, "--non-interactive"], cwd=REPO, env=env, check=True,
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"solution: {zip_path.relative_to(REPO)}")
     env = pulumi_env()
     print(f"pulumi:   {PULUMI.relative_to(REPO)} {subprocess.run([str(PULUMI), 'version'], env=env, text=True, capture_output=True).stdout.strip()}"
-          f", state in {Path(env['PULUMI_BACKEND_URL'].removeprefix('file://')).relative_to(REPO)}/")
+          f", state in {file_backend_dir(env['PULUMI_BACKEND_URL']).relative_to(REPO)}/")
     fresh_backend(env)
     try:
         handle = start_sandbox(state_dir=state_dir, port=args.port)

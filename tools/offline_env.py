@@ -32,6 +32,27 @@ OFFLINE = {
 }
 
 
+# The file backend's URL option that keeps a killed run from leaving a stack unreadable. Pulumi stores a
+# file backend through gocloud.dev's fileblob, which writes each object to a temporary file and renames it
+# (atomic), but by default also writes a metadata sidecar `<object>.attrs` in place: os.Create (truncating)
+# then encode (gocloud.dev blob/fileblob/attrs.go, setAttrs, at the version Pulumi v3.274.1 pins). A SIGKILL
+# between the two leaves `<stack>.json.attrs` empty, and every later read of the stack fails with
+# `error: failed to load checkpoint: EOF` although the checkpoint itself is whole. `metadata=skip`
+# (fileblob's documented URL option, "won't write metadata such as blob.Attributes") writes no sidecar;
+# Pulumi reads none of those attributes. README.md "State backend" recommends it to users.
+FILE_BACKEND_OPTIONS = "?metadata=skip"
+
+
+def file_backend_url(directory: Path) -> str:
+    """The `file://` backend URL of a state directory, with FILE_BACKEND_OPTIONS."""
+    return directory.resolve().as_uri() + FILE_BACKEND_OPTIONS
+
+
+def file_backend_dir(url: str) -> Path:
+    """The state directory of a `file://` backend URL (its query, if any, dropped)."""
+    return Path(url.removeprefix("file://").split("?", 1)[0])
+
+
 def virtualenv(project: Path = REPO) -> Path:
     """The virtualenv that Pulumi.yaml names (runtime.options.virtualenv), as an absolute path."""
     doc = yaml.safe_load((project / "Pulumi.yaml").read_text())
@@ -60,7 +81,7 @@ def pulumi_env(
     home.mkdir(parents=True, exist_ok=True)
     backend.mkdir(parents=True, exist_ok=True)
     env["PULUMI_HOME"] = str(home)
-    env["PULUMI_BACKEND_URL"] = backend.resolve().as_uri()
+    env["PULUMI_BACKEND_URL"] = file_backend_url(backend)
     if passphrase is not None:
         env.pop("PULUMI_CONFIG_PASSPHRASE_FILE", None)
         env["PULUMI_CONFIG_PASSPHRASE"] = passphrase

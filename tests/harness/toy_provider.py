@@ -94,10 +94,13 @@ class ToyProvider(ResourceProvider):
     def create(self, props: dict[str, Any]) -> CreateResult:
         if props.get("fail_on") == "create":
             raise ValueError(f"toy create refused for {props.get('name')}")
-        if props.get("slow"):
+        if props.get("slow") or props.get("rendezvous"):
             with _LOCK:
                 save_store(self.store_path, self._call("create-start", name=props.get("name")))
-            time.sleep(float(props["slow"]))
+            if props.get("slow"):
+                time.sleep(float(props["slow"]))
+        if props.get("rendezvous"):  # wait until that many creates are in here at once (a serial host never gets there)
+            self._rendezvous(int(props["rendezvous"]))
         with _LOCK:
             store = self._call("create", name=props.get("name"))
             id_ = f"toy-{uuid.uuid4().hex[:12]}"
@@ -105,6 +108,17 @@ class ToyProvider(ResourceProvider):
             save_store(self.store_path, store)
         outs = {**_clean(props), **self._record(props), "size_type": type(props.get("size", 0)).__name__}
         return CreateResult(id_, outs)
+
+    def _rendezvous(self, count: int, deadline_seconds: float = 60.0) -> None:
+        deadline = time.monotonic() + deadline_seconds
+        while True:
+            with _LOCK:
+                arrived = sum(1 for c in load_store(self.store_path)["calls"] if c["op"] == "create-start")
+            if arrived >= count:
+                return
+            if time.monotonic() > deadline:
+                raise ValueError(f"only {arrived} of {count} creates were in the provider at once")
+            time.sleep(0.01)  # polling a file the other threads write; the deadline bounds it
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         with _LOCK:
