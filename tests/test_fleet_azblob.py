@@ -192,6 +192,9 @@ def test_a_run_killed_mid_update_is_reported_as_a_stale_lock_with_its_pending_cr
     runs: list[CliRun] = []
 
     def crash() -> None:  # the CI runner is lost: the fleet, its pulumi, the language host, the providers
+        # The run's processes noted while they run (the write is held): kill_tree's first SIGKILL takes the
+        # fleet's whole process group, its `pulumi up` with it, before its own listing could see that process.
+        runs[0].processes()
         runs[0].kill_tree()
 
     with AtWrite(sandbox, org["k-a"], "POST", r"/systemusers$", crash):

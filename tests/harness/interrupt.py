@@ -260,6 +260,8 @@ class CliRun:
 def is_write(method: str, path: str) -> bool:
     """A Dataverse write: POST/PATCH/PUT/DELETE, except `$batch` (our client batches GETs only)."""
     return method in WRITE_METHODS and not path.endswith("/$batch")
+
+
 class Held:
     """An `AtWrite` action that holds the answer of the write until `release` is set (at most `limit` seconds):
     the run that sent it stays in flight, its lock taken. `reached` is set once the write is held."""
