@@ -42,8 +42,11 @@ if threading.current_thread() is threading.main_thread():
 
 import pulumi  # noqa: E402
 
+from components import cancellation  # noqa: E402
 from components.lead_destination import run  # noqa: E402
 from components.settings import ConfigError  # noqa: E402
+
+cancellation.install()  # before the first resource: a cancelled update ends in one line, not a traceback
 
 # Pulumi's language hosts read this exit code as "the program showed the user an error already": the CLI
 # then adds no "an unhandled error occurred" line and no traceback (pulumi-language-python-exec uses it).
