@@ -22,7 +22,7 @@ ifneq ($(filter-out clean,$(or $(MAKECMDGOALS),default)),)
 $(info make: Python $(or $(PYVER),(none found)) at $(or $(PYTHON),-) for $(VENV) ($(PYTHON_FROM)))
 endif
 
-.PHONY: demo test test-fast test-stress bench bench-scale lint sandbox pulumi actionlint clean
+.PHONY: demo test test-fast test-long test-stress bench bench-scale lint sandbox pulumi actionlint azurite clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	@case "$(PYVER)" in \
@@ -45,14 +45,20 @@ pulumi:               ## the Pulumi CLI + Python language host in .tools/bin (re
 actionlint:           ## the workflow linter the CI-template tests run, in .tools/bin (pinned Go module)
 	tools/actionlint/build.sh
 
+azurite:              ## Azurite (Azure Storage emulator) for the fleet's azblob:// tests, in .tools/azurite (pinned npm package)
+	tools/azurite/build.sh
+
 demo: $(STAMP) pulumi ## the main job: the dev stack against the local sandbox, through .tools/bin/pulumi
 	$(PY) -m tools.demo $(DEMO_ARGS)
 
-test: $(STAMP) pulumi actionlint lint ## lint (ruff, mypy), then the whole suite, heavy matrices included
-	$(PY) -m pytest -n 2 --dist worksteal -q
+test: $(STAMP) pulumi actionlint azurite lint ## lint (ruff, mypy), then the whole suite, heavy matrices included (not `long`)
+	$(PY) -m pytest -n 2 --dist worksteal -q -m "not long"
 
-test-fast: $(STAMP) pulumi actionlint ## the suite without the heavy matrices
-	$(PY) -m pytest -n 2 --dist worksteal -q -m "not heavy"
+test-long: $(STAMP) pulumi azurite ## the tests beyond make test's time budget (marker `long`); CI runs them as their own part
+	$(PY) -m pytest -n 2 --dist worksteal -q -m long
+
+test-fast: $(STAMP) pulumi actionlint azurite ## the suite without the heavy matrices (nor `long`)
+	$(PY) -m pytest -n 2 --dist worksteal -q -m "not heavy and not long"
 
 # test-stress: STRESS_RUNS=1 for one run; STRESS_TESTS="tests/test_locks.py ..." instead of the selection in
 # tests/stress.py; STRESS_ARGS="-m 'not heavy'" for more pytest arguments; STRESS_HOGS=N busy processes
@@ -67,8 +73,9 @@ test-stress: $(STAMP) pulumi ## interruption, lock, Ctrl-C, engine-fault and fle
 bench: $(STAMP) pulumi ## performance figures against design.md's targets
 	$(PY) -m tools.bench
 
-bench-scale: $(STAMP) pulumi ## fleet growth: add, warm preview, status at 50/200/500 stacks (SIZES=20,50 BACKEND=azblob)
-	$(PY) -m tools.bench_scale $(if $(SIZES),--sizes $(SIZES)) $(if $(BACKEND),--backend $(BACKEND))
+bench-scale: $(STAMP) pulumi azurite ## fleet growth: add, warm preview, status at 50/200/500 stacks on file, 50/200 on azblob +20 ms (SIZES= AZBLOB_SIZES= BACKEND=file|azblob|both LATENCY_MS=)
+	$(PY) -m tools.bench_scale $(if $(SIZES),--sizes $(SIZES)) $(if $(BACKEND),--backend $(BACKEND)) \
+	    $(if $(AZBLOB_SIZES),--azblob-sizes $(AZBLOB_SIZES)) $(if $(LATENCY_MS),--latency-ms $(LATENCY_MS))
 
 lint: $(STAMP)      ## ruff on the tree; mypy on the shipped code; generated config docs up to date
 	$(PY) -m ruff check .

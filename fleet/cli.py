@@ -14,11 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fleet.doctor import CHECKS, printable, run_doctor
+from fleet.locks import parse_age
 from fleet.onboard import Row, onboard, read_inventory, set_path
 from fleet.progress import Progress, progress_for
 from fleet.report import (
     DRIFTED,
     FAILED,
+    LOCKED,
     StackResult,
     doctor_headline,
     doctor_markdown,
@@ -33,6 +35,7 @@ from fleet.status import stack_status
 from fleet.workspace import FleetError, Workspace
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ATTENTION, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_LOCKED = 4
 GITHUB_MATRIX_LIMIT = 256  # jobs one matrix may generate
 DEFAULT_PARALLEL = min(8, max(2, os.cpu_count() or 2))
 
@@ -42,6 +45,7 @@ exit codes:
   1  at least one stack failed (doctor: a check failed), or an inventory row was bad
   2  usage error: bad arguments, no stack matches a pattern, unreadable inventory, no Pulumi CLI
   3  no failure, but something needs a look: drift found (preview), flags raised (status), warnings (doctor)
+  4  no failure, but another run holds the lock of some stacks (up): reported `locked`, with the owner
   130  interrupted (Ctrl-C): running stacks cancel the Pulumi way, the others are reported not run
 
 The stacks are the project's ordinary stacks in the backend your Pulumi uses (PULUMI_BACKEND_URL or
@@ -102,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(verb, help=text, description=text, epilog=EPILOG,
                              formatter_class=argparse.RawDescriptionHelpFormatter)
         _runs(cmd)
+        if verb == UP:
+            cmd.add_argument("--recover-stale-locks-older-than", type=_age, metavar="AGE", dest="recover_older_than",
+                             help="for a stack locked by a run that died (lock at least AGE old, e.g. 30m, 2h, "
+                                  "its process not alive on this machine): pulumi cancel, refresh "
+                                  "--clear-pending-creates, then the up. Only when no such run can be alive")
         _common(cmd)
 
     status = sub.add_parser("status", help="credential expiry and rotation, last validation, offer lead destination",
@@ -129,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"split into N jobs (default one job per stack, at most {GITHUB_MATRIX_LIMIT})")
     matrix.add_argument("-C", "--cwd", type=Path, default=Path.cwd(), metavar="DIR")
     return parser
+
+
+def _age(text: str) -> dt.timedelta:
+    try:
+        return parse_age(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -193,13 +209,16 @@ def _run(ws: Workspace, args: argparse.Namespace) -> int:
     results, seconds, interrupted = _with_progress(
         args, names, f"; logs in {log_dir}",
         lambda progress: run_fleet(ws, names, args.command, parallel=args.parallel, log_dir=log_dir,
-                                   progress=progress, refresh=args.refresh))
+                                   progress=progress, refresh=args.refresh,
+                                   recover_older_than=getattr(args, "recover_older_than", None)))
     print(headline(args.command, results, seconds) + (" (interrupted)" if interrupted else ""))
     _reports(args, args.command, results, seconds, log_dir)
     if interrupted:
         return EXIT_INTERRUPTED
     if any(r.status == FAILED for r in results):
         return EXIT_FAILED
+    if any(r.status == LOCKED for r in results):
+        return EXIT_LOCKED
     if args.command == PREVIEW and any(r.status == DRIFTED for r in results):
         return EXIT_ATTENTION
     return EXIT_OK

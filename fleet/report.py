@@ -2,9 +2,10 @@
 lines printed when no terminal is attached, and the one-line reason of a failure.
 
 JSON (`--json PATH`): `{"stacks": [{"name", "status", "changes": [{"resource", "type", "properties"}],
-"error", "duration_s"}]}` with `status` one of in-sync, drifted, changed, failed; `fleet status` adds
+"error", "duration_s"}]}` with `status` one of in-sync, drifted, changed, locked, failed; `fleet status` adds
 `flags` and `details` to each stack, `fleet doctor` adds `flags` and `checks` (`{"name", "status", "detail",
-"advice"}`, status one of ok, warn, fail, skipped).
+"advice"}`, status one of ok, warn, fail, skipped); a locked stack (another run holds it) has `lock` (owner,
+since, …) and `pending` (the resources its checkpoint has pending creates for).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 IN_SYNC, DRIFTED, CHANGED, FAILED = "in-sync", "drifted", "changed", "failed"
-STATUSES = (IN_SYNC, DRIFTED, CHANGED, FAILED)
+LOCKED = "locked"  # another run holds the stack's lock: not ours to update now, not a failure of ours
+STATUSES = (IN_SYNC, DRIFTED, CHANGED, LOCKED, FAILED)
 # Failed first, then what needs a look, then the rest: the order of the Markdown table.
-_ORDER = {FAILED: 0, DRIFTED: 1, CHANGED: 2, IN_SYNC: 3}
-_ICON = {FAILED: "❌", DRIFTED: "⚠️", CHANGED: "✅", IN_SYNC: "✅"}
+_ORDER = {FAILED: 0, LOCKED: 1, DRIFTED: 2, CHANGED: 3, IN_SYNC: 4}
+_ICON = {FAILED: "❌", LOCKED: "🔒", DRIFTED: "⚠️", CHANGED: "✅", IN_SYNC: "✅"}
 MAX_ERROR = 400
 
 
@@ -76,6 +78,8 @@ class StackResult:
     flags: list[str] | None = None  # fleet status only
     details: dict[str, Any] | None = None  # fleet status only
     checks: list[Check] | None = None  # fleet doctor only
+    lock: dict[str, Any] | None = None  # the lock that refused the run, or that fleet removed (recovered)
+    pending: list[str] | None = None  # resources with pending creates, when a lock is involved
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"name": self.name, "status": self.status,
@@ -87,6 +91,10 @@ class StackResult:
             data["details"] = dict(self.details)
         if self.checks is not None:
             data["checks"] = [c.to_json() for c in self.checks]
+        if self.lock is not None:
+            data["lock"] = dict(self.lock)
+        if self.pending is not None:
+            data["pending"] = list(self.pending)
         return data
 
     def summary(self) -> str:
@@ -107,12 +115,13 @@ def counts(results: Iterable[StackResult]) -> dict[str, int]:
 
 def headline(verb: str, results: Sequence[StackResult], seconds: float) -> str:
     tally = counts(results)
-    parts = [f"{tally[s]} {_label(s)}" for s in (FAILED, DRIFTED, CHANGED, IN_SYNC) if tally[s]]
+    parts = [f"{tally[s]} {_label(s)}" for s in (FAILED, LOCKED, DRIFTED, CHANGED, IN_SYNC) if tally[s]]
     return f"fleet {verb}: {len(results)} stack(s) in {_duration(seconds)} — {', '.join(parts) or 'nothing to do'}"
 
 
 def _label(status: str) -> str:
-    return {IN_SYNC: "in sync", DRIFTED: "drifted", CHANGED: "changed", FAILED: "failed"}[status]
+    return {IN_SYNC: "in sync", DRIFTED: "drifted", CHANGED: "changed", LOCKED: "locked by another run",
+            FAILED: "failed"}[status]
 
 
 def _duration(seconds: float) -> str:
@@ -165,6 +174,9 @@ def markdown(verb: str, results: Sequence[StackResult], seconds: float, log_dir:
                 detail = "<br>".join(
                     f"{c.op} `{_cell(c.resource)}` ({_cell(_short_type(c.type))})"
                     + (f": {_cell(', '.join(c.properties))}" if c.properties else "") for c in r.changes)
+            if r.lock and r.lock.get("recovered"):
+                detail = f"recovered: removed the stale lock of {_cell(str(r.lock.get('owner')))}" + (
+                    f"<br>{detail}" if detail else "")
             out.append(f"| `{_cell(r.name)}` | {_ICON.get(r.status, '')} {r.status} | {detail} | {r.duration_s:.1f} s |")
         out.append("")
     return "\n".join(out + _folded(quiet, "in sync"))

@@ -7,8 +7,6 @@ nothing; preview takes no lock. A run that dies leaves its lock behind, naming a
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 from pulumi import automation as auto
 
@@ -24,7 +22,7 @@ from tests.harness.dev_stack_runs import (
     recorded,
     start,
 )
-from tests.harness.interrupt import AtWrite, CliRun
+from tests.harness.interrupt import AtWrite, CliRun, Held
 
 
 @pytest.fixture
@@ -36,19 +34,8 @@ def lock_files(stack) -> list[str]:
     return sorted(str(p) for p in (stack.project.root / "state" / ".pulumi" / "locks").rglob("*.json"))
 
 
-class Held:
-    """Hold the answer of the first application-user create until released (the run stays in flight)."""
-
-    def __init__(self) -> None:
-        self.reached, self.release = threading.Event(), threading.Event()
-
-    def __call__(self) -> None:
-        self.reached.set()
-        self.release.wait(120)
-
-
 def test_a_second_up_while_one_runs_is_refused_with_the_lock_message_and_nothing_is_duplicated(sandbox, stack):
-    held = Held()
+    held = Held(limit=120)
     with AtWrite(sandbox, stack.org, "POST", r"/systemusers$", held):
         first = start(stack, *UP)
         try:
@@ -101,7 +88,7 @@ def test_a_dead_run_leaves_a_stale_lock_that_pulumi_cancel_removes(sandbox, stac
 
 
 def test_pulumi_cancel_on_this_backend_removes_the_lock_of_a_live_run_without_stopping_it(sandbox, stack):
-    held = Held()
+    held = Held(limit=120)
     with AtWrite(sandbox, stack.org, "POST", r"/systemusers$", held):
         first = start(stack, *UP)
         try:

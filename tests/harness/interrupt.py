@@ -260,6 +260,21 @@ class CliRun:
 def is_write(method: str, path: str) -> bool:
     """A Dataverse write: POST/PATCH/PUT/DELETE, except `$batch` (our client batches GETs only)."""
     return method in WRITE_METHODS and not path.endswith("/$batch")
+
+
+class Held:
+    """An `AtWrite` action that holds the answer of the write until `release` is set (at most `limit` seconds):
+    the run that sent it stays in flight, its lock taken. `reached` is set once the write is held."""
+
+    def __init__(self, limit: float = 300) -> None:
+        self.reached, self.release = threading.Event(), threading.Event()
+        self.limit = limit
+
+    def __call__(self) -> None:
+        self.reached.set()
+        self.release.wait(self.limit)
+
+
 class AtWrite:
     """WSGI middleware on the in-process sandbox: once Dataverse has applied the first write of organization
     `org` that matches `method` and `pattern` (status 2xx), run `action()` before its answer is sent back.
