@@ -67,7 +67,7 @@ STRESS_RUNS  ?= 5
 STRESS_TESTS ?=
 STRESS_ARGS  ?=
 
-test-stress: $(STAMP) pulumi ## interruption, lock, Ctrl-C, engine-fault and fleet tests STRESS_RUNS times beside a CPU hog per core
+test-stress: $(STAMP) pulumi azurite ## interruption, lock, Ctrl-C, engine-fault and fleet tests STRESS_RUNS times beside a CPU hog per core
 	STRESS_RUNS=$(STRESS_RUNS) $(PY) tests/stress.py $(STRESS_TESTS) -- $(STRESS_ARGS)
 
 bench: $(STAMP) pulumi ## performance figures against design.md's targets

@@ -21,7 +21,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SELECTION = ["tests/test_interruptions.py", "tests/test_locks.py", "tests/test_engine_faults.py", "tests/test_fleet.py",
-             "tests/test_harness_interrupt.py"]
+             "tests/test_fleet_azblob.py", "tests/test_harness_interrupt.py"]
 HOG_SECONDS_PER_RUN = 3600  # a hog ends by itself at the latest runs x this (or when this process is gone)
 HOG = """
 import os, sys, time
@@ -54,6 +54,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--hogs", type=int, default=int(os.environ.get("STRESS_HOGS", os.cpu_count() or 2)))
     parser.add_argument("tests", nargs="*", default=(os.environ.get("STRESS_TESTS") or " ".join(SELECTION)).split())
     args = parser.parse_args(own)
+    if not any(a == "-m" or a.startswith("-m") for a in pytest_args):
+        pytest_args = ["-m", "not long", *pytest_args]  # the races, not make test-long's 20-stack story
     if args.runs < 1:
         parser.error("--runs must be at least 1")
 
