@@ -204,7 +204,7 @@ def test_a_run_killed_mid_update_is_reported_as_a_stale_lock_with_its_pending_cr
         finally:
             runs[0].cleanup()
     dead = _pulumi_up_pids(runs[0])
-    assert len(dead) == 1
+    assert len(dead) == 1, (runs[0].seen, runs[0].output[-3000:])
 
     # The next run: k-a locked by the dead CLI, its pending create named, the recovery spelled out; k-b goes on.
     after = fp.fleet("up", "--json", str(fp.root / "after.json"), "--markdown", str(fp.root / "after.md"))

@@ -72,7 +72,8 @@ def test_dev_like_stack_converges_against_the_sandbox_and_its_outputs_write_a_le
     created = [n for n in mocks.order if n in mocks.created]
     assert sorted(created) == sorted(f"sandbox-dynamics-{p}" for p in ("solution", "user", "role", "privileges", "check"))
     position = {name.rsplit("-", 1)[1]: i for i, name in enumerate(created)}
-    assert position["solution"] < position["user"] < position["role"] < position["check"]
+    # the program's dependencies (the user needs no solution: the two are created side by side)
+    assert position["solution"] < position["role"] and position["user"] < position["role"] < position["check"]
     assert position["solution"] < position["privileges"] < position["check"]
     state = sandbox.control.state(org)
     user_id = mocks.created["sandbox-dynamics-user"]["systemuser_id"]
