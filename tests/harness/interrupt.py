@@ -184,7 +184,9 @@ class CliRun:
         if self.proc.poll() is None:
             current.update(process_tree(self.proc.pid))
         current.pop(self.proc.pid, None)
-        self.seen.update(current)
+        for pid, cmd in current.items():  # a dying process reads an empty command line: keep what it was
+            if cmd or pid not in self.seen:
+                self.seen[pid] = cmd
         return current
 
     def kill_tree(self, timeout: float = KILL_DEADLINE) -> dict[int, str]:
