@@ -64,13 +64,26 @@ class Lock:
         except ProcessLookupError:
             return False
         except PermissionError:
-            return True
-        return True
+            pass  # someone else's process: it exists
+        return not _exited(self.pid)
 
     def to_json(self) -> dict[str, Any]:
         alive = self.holder_alive()
         return {"owner": self.owner, "since": self.since.isoformat().replace("+00:00", "Z") if self.since else None,
                 "url": self.url, "holder_alive": alive}
+
+
+def _exited(pid: int) -> bool:
+    """Whether a process a signal still finds has in fact exited: a zombie (state Z in /proc/PID/stat, killed
+    and not yet reaped by its parent; an orphan waits for PID 1, which can take a moment) or gone since.
+    Without procfs the signal check is all there is (not exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return os.path.isdir("/proc")  # gone since the signal check (or no procfs at all: say running)
+    except (OSError, IndexError):
+        return False
 
 
 def refusal_locks(text: str) -> list[Lock] | None:

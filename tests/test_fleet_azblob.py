@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
+from fleet.locks import Lock
 from tests.harness.dev_stack_runs import converged_without_duplicates
 from tests.harness.interrupt import AtWrite, CliRun, Held
 from tests.test_fleet import DRIFTED, FAULTED, FLEET_SIZE, FleetProject, fleet_story, orgs, report
@@ -262,3 +263,23 @@ def test_two_runs_started_together_on_the_same_stacks_change_each_stack_once(
         creating = [u for u in _updates(fp, name) if u["resourceChanges"].get("create", 0) > 0]
         assert len(creating) == 1, (name, _updates(fp, name))
         converged_without_duplicates(sandbox, org[name])
+
+
+def test_a_lock_held_by_a_killed_process_not_yet_reaped_is_not_held_by_a_running_one():
+    """A SIGKILLed `pulumi up` stays a zombie until its parent (PID 1 for an orphan) reaps it, and a signal
+    still finds a zombie: the lock's holder is judged by the process state, not by the signal alone."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        lock = Lock(url="x", user="ci", host=socket.gethostname(), pid=child.pid)
+        assert lock.holder_alive() is True
+        os.kill(child.pid, signal.SIGKILL)
+        stat = Path(f"/proc/{child.pid}/stat")
+        deadline = time.monotonic() + 30  # until the kernel has made it a zombie (not reaped: no wait() yet)
+        while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the killed child never became a zombie"
+            time.sleep(0.01)
+        assert lock.holder_alive() is False
+    finally:
+        child.kill()
+        child.wait()
+    assert Lock(url="x", user="ci", host="another-machine", pid=os.getpid()).holder_alive() is None
