@@ -42,7 +42,7 @@ from dynamics_provider.tokens import client_secret_tokens, deployer_tokens
 from fleet.progress import Progress
 from fleet.report import DRIFTED, FAIL, FAILED, IN_SYNC, OK, SKIPPED, WARN, Check, StackResult, one_line
 from fleet.runner import run_each
-from fleet.workspace import Workspace, first_error_line
+from fleet.workspace import Workspace
 
 # The solution Microsoft ships for lead management ("MicrosoftMarketplacesLeadIntegrationSolution_<version>_
 # target_CRM_6.1_managed.zip"): its unique name, used when the configured zip cannot be read offline.
@@ -111,7 +111,7 @@ def _read_configuration(ws: Workspace, run: _Run) -> None:
                 "fix each setting named with `pulumi config set --stack " + run.name + "` (docs/configuration.md)")
     except auto.errors.CommandError as error:
         stderr = str(error).partition("\n stderr: ")[2]  # never its stdout: `--show-secrets` values
-        run.add("configuration", FAIL, f"cannot read the stack's config: {ws.explained(first_error_line(stderr))}",
+        run.add("configuration", FAIL, f"cannot read the stack's config: {ws.cli_failure(stderr)}",
                 "check that your Pulumi login and secrets provider (PULUMI_CONFIG_PASSPHRASE[_FILE]) open this stack")
     except ValueError as error:  # a deploying-identity value (stack, azuread:* or ARM_*) that cannot be read
         run.add("configuration", FAIL, f"invalid deploying identity setting: {error}",

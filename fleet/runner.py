@@ -30,7 +30,7 @@ from fleet.locks import (
 )
 from fleet.progress import Progress
 from fleet.report import CHANGED, DRIFTED, FAILED, IN_SYNC, LOCKED, StackResult, failure_reason
-from fleet.workspace import Workspace, _NamedStack, first_error_line
+from fleet.workspace import Workspace, _NamedStack
 
 PREVIEW, UP = "preview", "up"
 CONTENTION_RETRIES = 2  # tries again after both runs of a simultaneous start gave way (see fleet.locks)
@@ -191,7 +191,7 @@ def _recover(ws: Workspace, name: str, locks: list[Lock], out: Callable[[str], N
         try:
             ws.pulumi(*argv, stack=name)
         except auto.errors.CommandError as error:
-            return record, f"recovery step `{command}` failed: {ws.explained(first_error_line(str(error)))}"
+            return record, f"recovery step `{command}` failed: {ws.cli_failure(str(error))}"
     return record, None
 
 

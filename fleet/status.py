@@ -19,7 +19,7 @@ from pulumi import automation as auto
 from components.rotation import rotation_period
 from components.settings import ConfigError, Settings, parse_settings
 from fleet.report import DRIFTED, FAILED, IN_SYNC, StackResult
-from fleet.workspace import Workspace, first_error_line
+from fleet.workspace import Workspace
 
 OFFER_TYPE = "pulumi-python:dynamic/dynamics:OfferLeadDestination"
 PLACEHOLDER = "[secret]"
@@ -64,7 +64,7 @@ def stack_status(ws: Workspace, name: str, *, days: int, today: dt.date | None =
         return StackResult(name, FAILED, error=f"invalid configuration: {problems}",
                            duration_s=time.monotonic() - started)
     except auto.errors.CommandError as error:
-        return StackResult(name, FAILED, error=ws.explained(first_error_line(str(error))),
+        return StackResult(name, FAILED, error=ws.cli_failure(str(error)),
                            duration_s=time.monotonic() - started)
     resources = (state.get("deployment") or {}).get("resources") or []
     outputs: dict[str, Any] = next((r.get("outputs") or {} for r in resources if r.get("type") == "pulumi:pulumi:Stack"), {})

@@ -82,7 +82,11 @@ class Workspace:
         try:
             return sorted(s.name for s in self.automation.list_stacks())
         except auto.errors.CommandError as error:
-            raise FleetError(f"cannot list the stacks: {self.explained(first_error_line(str(error)))}") from None
+            raise FleetError(f"cannot list the stacks: {self.cli_failure(str(error))}") from None
+
+    def cli_failure(self, text: str) -> str:
+        """A failed CLI command in one line (its first `error:`), with the remedy when we know the cause."""
+        return self.explained(first_error_line(text))
 
     def explained(self, said: str) -> str:
         """A CLI failure's words, with what to do when its cause is a damaged state file we can name."""
