@@ -4,8 +4,8 @@ emulator (tools/azurite.py, installed by `make azurite`), and many runners on on
 - The Pulumi CLI built here uses Azurite as its state backend (login, stack init, ls, up), through the
   latency proxy too.
 - The fleet story of tests/test_fleet.py (onboarding, cold up, drift named exactly, faults isolated per
-  stack, repair, all in sync) on azblob: 6 stacks always, the 20 of the file backend's story under `long`
-  (make test-long, a part of .ci/run of its own: it does not fit make test's budget).
+  stack, repair, all in sync) on azblob, its 20 stacks under `long` (make test-long, a part of .ci/run of its
+  own: it does not fit make test's budget; make test runs the 6-stack story on the file backend).
 - Two `fleet up` runs on overlapping stacks: each stack is updated once; the stack the other run holds is
   `locked` with the lock's owner (exit code 4), never drift or a failure; nothing duplicated in Dataverse.
 - A run killed mid-update: the next run reports the stale lock, the pending creates and the commands to
@@ -34,12 +34,6 @@ from tests.harness.interrupt import AtWrite, CliRun, Held
 from tests.test_fleet import DRIFTED, FAULTED, FLEET_SIZE, FleetProject, fleet_story, orgs, report
 from tools.azurite import Azurite
 from tools.offline_env import PULUMI, REPO
-
-# The smallest fleet that still shows every point: 3 drifted (each kind once), 2 faulted, 1 left in sync.
-SMALL_SIZE = 6
-SMALL_DRIFTED = {0: "disable_user", 2: "remove_role", 4: "set_privilege_depth"}
-SMALL_FAULTED = {1: ("0x80072560", "The user is not a member of the organization."),
-                 5: ("0x80040220", "Principal user (Id=fleet-test) is missing prvReadSolution privilege.")}
 
 
 @pytest.fixture
@@ -96,13 +90,6 @@ def test_the_pulumi_cli_keeps_its_stacks_in_azurite_and_the_proxy_adds_latency_t
 
 
 # --- the fleet story on azblob ---------------------------------------------------------------------------
-def test_a_fleet_of_6_on_azblob_drift_in_3_faults_in_2_then_repaired_and_in_sync(
-        tmp_path: Path, sandbox: Any, azurite: Azurite):
-    fp = FleetProject(tmp_path, sandbox.info, azurite.env)
-    seconds = fleet_story(fp, sandbox, SMALL_SIZE, SMALL_DRIFTED, SMALL_FAULTED)
-    print(f"azblob, {SMALL_SIZE} stacks: {seconds}")  # the figures of the README (pytest -s)
-
-
 @pytest.mark.heavy
 @pytest.mark.long  # 242 s on a loaded 2-core machine: make test-long, its own part of .ci/run (not make test)
 def test_a_fleet_of_20_on_azblob_drift_in_3_faults_in_2_then_repaired_and_in_sync(
