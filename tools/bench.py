@@ -107,21 +107,43 @@ def retry_after_split(entries: list[dict[str, Any]]) -> tuple[int, int]:
     before it arrived was sent by a client that could have known that window; one inside only windows
     answered later (sending while throttled extends the wait) was already on its way.
     """
-    answers: dict[tuple[Any, Any], list[tuple[float, float]]] = {}
+    answers: dict[tuple[Any, Any, Any], list[tuple[float, float]]] = {}
     for e in entries:
         if e.get("status") == 429 and e.get("throttled_until"):
             answered = e["time"] + e["duration_ms"] / 1000
-            answers.setdefault((e.get("org"), e.get("caller")), []).append((answered, e["throttled_until"]))
+            answers.setdefault((e.get("kind"), e.get("org"), e.get("caller")), []).append((answered, e["throttled_until"]))
     in_flight = after = 0
     for e in entries:
         if not e.get("inside_retry_after"):
             continue
-        windows = answers.get((e.get("org"), e.get("caller")), [])
+        windows = answers.get((e.get("kind"), e.get("org"), e.get("caller")), [])
         if any(w[0] + KNOWN_SLACK_SECONDS < e["time"] < w[1] for w in windows):
             after += 1
         else:
             in_flight += 1
     return in_flight, after
+
+
+def sent_after_known_windows(entries: list[dict[str, Any]]) -> list[str]:
+    """Each request `retry_after_split` counts as sent after a known window, described for the notes: its
+    service, organization, caller, method and path, how long after the 429 was answered it arrived, and
+    that 429's request (a random fault or service protection)."""
+    answers: dict[tuple[Any, Any, Any], list[dict[str, Any]]] = {}
+    for e in entries:
+        if e.get("status") == 429 and e.get("throttled_until"):
+            answers.setdefault((e.get("kind"), e.get("org"), e.get("caller")), []).append(e)
+    said = []
+    for e in entries:
+        if not e.get("inside_retry_after"):
+            continue
+        for w in answers.get((e.get("kind"), e.get("org"), e.get("caller")), []):
+            answered = w["time"] + w["duration_ms"] / 1000
+            if answered + KNOWN_SLACK_SECONDS < e["time"] < w["throttled_until"]:
+                said.append(f"{e.get('kind')} {e.get('org')} caller {e.get('caller')}: {e['method']} {e['path']} "
+                            f"{e['time'] - answered:.2f}s after the 429 of {w['method']} {w['path']} "
+                            f"({w.get('fault') or 'service protection'})")
+                break
+    return said
 
 
 def duplicates(state: dict[str, Any]) -> dict[str, int]:
@@ -296,6 +318,8 @@ def bench_fleet(sb: Any, tmp: Path, zip_path: Path, size: int, parallel: int, no
         fig = figures(log)
         in_flight, after = retry_after_split(log)
         injected = Counter(str(e["fault"]).split(":", 1)[1] for e in log if str(e.get("fault", "")).startswith("random:"))
+        for line in sent_after_known_windows(log)[:10]:
+            notes.lines.append(f"{label}: sent after a known Retry-After window: {line}")
         failed = [r for r in results if r.status == "failed"]
         for r in failed[:5]:
             notes.lines.append(f"{label} {r.name}: {r.error}")
