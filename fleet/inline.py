@@ -17,18 +17,34 @@ What the program depends on besides the SDK's context, made per run here:
 - `components.cancellation.install()`: a process-wide, idempotent, stateless patch of the SDK, the same
   in every run;
 - `__main__.py`'s SIGINT handler: not installed (it ends the process); the fleet's own Ctrl-C handling
-  applies, and the CLI processes still get the terminal's SIGINT and cancel as under the plain CLI.
+  applies, and the CLI processes still get the terminal's SIGINT and cancel as under the plain CLI;
+- the SDK's `serialize_provider` (pulumi/dynamic/dynamic.py, SDK 3.272.0), run for every dynamic resource
+  declared: it swaps the module-global `pickle.Pickler` for the pure-Python `pickle._Pickler` and back, and
+  wraps `pickle._Pickler._batch_setitems` in one more sorting layer on every call without undoing it. A
+  program process makes a handful of calls and ends; a process hosting every stack's program stacks one
+  layer per dynamic resource until pickling a provider exceeds the recursion limit (a few hundred
+  resources: ~60 stacks), and two programs serializing at once can leave `pickle.Pickler` swapped for good.
+  `install()` runs it under a lock and puts `pickle._Pickler` and `pickle.Pickler` back after each call, so
+  every call pickles as the first call of a fresh program does (the same bytes as under the CLI).
 """
 
 from __future__ import annotations
 
 import contextvars
+import importlib
+import pickle
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pulumi
 from pulumi.automation import _server, _stack
+
+# by module path: `pulumi.dynamic` re-exports names of its module `dynamic`
+_dynamic = importlib.import_module("pulumi.dynamic.dynamic")
+_PICKLER_PATCHED = ("_batch_setitems", "save_dict")  # what serialize_provider sets on pickle._Pickler
+_SERIALIZING = threading.Lock()
 
 PROGRAM_FILES = ("__main__.py", "components", "dynamics_provider")
 
@@ -61,11 +77,32 @@ class _LanguageServer(_server.LanguageServer):
         return result
 
 
+def _serialized_alone(original: Callable[[Any], str]) -> Callable[[Any], str]:
+    def serialize_provider(provider: Any) -> str:
+        with _SERIALIZING:
+            module_pickler = pickle.Pickler
+            saved = {name: pickle._Pickler.__dict__[name] for name in _PICKLER_PATCHED}  # type: ignore[attr-defined]
+            try:
+                return original(provider)
+            finally:
+                for name, value in saved.items():
+                    setattr(pickle._Pickler, name, value)  # type: ignore[attr-defined]
+                pickle.Pickler = module_pickler  # type: ignore[misc]
+
+    serialize_provider.__wrapped__ = original  # type: ignore[attr-defined]
+    return serialize_provider
+
+
 def install() -> None:
-    """Make the Automation API start `_LanguageServer` for inline programs (idempotent; only over the SDK's
-    own class). A process-wide change: the fleet is the only driver of the Automation API in its process."""
+    """Make the process fit to host programs (idempotent; each change only over the SDK's own function or
+    class): the Automation API starts `_LanguageServer` for inline programs, and dynamic resources serialize
+    their provider through `_serialized_alone` (the module docstring says why). Process-wide changes: the
+    fleet is the only driver of the Automation API and the only host of programs in its process."""
     if _stack.LanguageServer is _server.LanguageServer:
         _stack.LanguageServer = _LanguageServer  # type: ignore[misc]
+    original = getattr(_dynamic, "serialize_provider")  # noqa: B009 - a module attribute mypy cannot see
+    if not hasattr(original, "__wrapped__"):
+        setattr(_dynamic, "serialize_provider", _serialized_alone(original))  # noqa: B010
 
 
 def lead_destination_program(project_dir: Path) -> Callable[[], None]:

@@ -12,10 +12,17 @@ Automation API serves it to the CLI), against the real CLI and the sandbox over 
 
 from __future__ import annotations
 
+import _pickle
 import base64
 import json
+import os
+import pickle
 import shutil
+import signal
+import subprocess
+import sys
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +30,13 @@ import dill
 import pytest
 import yaml
 
+from fleet import inline
 from sandbox.testing import _org_name
 from tests.harness.dev_stack_runs import converged_without_duplicates
+from tests.harness.interrupt import KILL_DEADLINE, AtWrite, CliRun, wait_gone
 from tests.test_fleet import FleetProject, orgs, report
+from tests.test_fleet_azblob import FleetRun
+from tools.offline_env import REPO
 
 LEADWRITER = "pulumi-python:dynamic/dynamics:ApplicationUser"
 
@@ -172,3 +183,72 @@ def test_a_stack_whose_config_the_program_refuses_fails_with_its_one_message_and
     assert logs["inline"] == logs["process"]  # what the CLI printed: the same lines under both hosts
     assert reasons["inline"].startswith("invalid stack configuration (1 problem(s))")
     assert "applicationUser.email" in reasons["inline"]
+
+
+@pytest.mark.parametrize("host", ["process", "inline"])
+def test_the_fleet_process_killed_alone_mid_update_leaves_a_stack_the_next_fleet_up_converges(
+        fleet_project: FleetProject, sandbox: Any, host: str):
+    """SIGKILL of `python -m fleet` alone (its `pulumi up` not killed with it) while a create is answered: the
+    CLI loses its output pipe, its event log and, inline, its program; whatever it leaves (a lock, pending
+    creates), the next `fleet up --recover-stale-locks-older-than` converges the stack, nothing duplicated."""
+    fp = fleet_project
+    url = orgs(sandbox, 1)[0]
+    _onboard(fp, {"solo": fp.settings(url)})
+    runs: list[CliRun] = []
+
+    def crash() -> None:
+        runs[0].processes()  # noted while the write is held: the run's `pulumi up` among them
+        os.kill(runs[0].proc.pid, signal.SIGKILL)
+
+    with AtWrite(sandbox, _org_name(url), "POST", r"/systemusers$", crash):
+        runs.append(CliRun(FleetRun(fp), "up", "solo", "--program-host", host))
+        try:
+            assert runs[0].wait() == -signal.SIGKILL, runs[0].output
+            clis = {pid: cmd for pid, cmd in runs[0].seen.items()
+                    if cmd.split(" ", 1)[0].endswith("pulumi") and " up " in f"{cmd} "}
+            assert len(clis) == 1, runs[0].seen
+            left = wait_gone(clis, KILL_DEADLINE * 4)  # it ends by itself: nothing of the run waits for it
+            assert not left, left
+        finally:
+            runs[0].cleanup()
+
+    after = fp.fleet("up", "solo", "--program-host", host, "--recover-stale-locks-older-than", "1s",
+                     "--json", str(fp.root / "after.json"))
+    assert after.returncode == 0, after.stdout + after.stderr
+    assert report(fp.root / "after.json")["solo"]["status"] in ("changed", "in-sync")  # whatever the CLI finished
+    converged_without_duplicates(sandbox, url)
+    again = fp.fleet("preview", "solo", "--program-host", host, "--json", str(fp.root / "again.json"))
+    assert again.returncode == 0 and report(fp.root / "again.json")["solo"]["status"] == "in-sync"
+
+
+SERIALIZE = ("import sys; from pulumi.dynamic.dynamic import serialize_provider; "
+             "from dynamics_provider.application_user import ApplicationUserProvider; "
+             "provider = ApplicationUserProvider(owner='lead-destination/x'); "
+             "print([serialize_provider(provider) for _ in range(int(sys.argv[1]))][-1])")
+
+
+def test_a_process_hosting_programs_serializes_providers_as_a_fresh_program_does_however_many_it_declares():
+    """The SDK's serialize_provider piles a layer onto pickle._Pickler per call: a process that declares a
+    few hundred dynamic resources (a fleet of ~60 stacks inline) fails with RecursionError. Under
+    fleet.inline.install(), 2000 calls from 8 threads give the bytes a fresh program's first call gives, and
+    leave the module's C pickler in place."""
+    fresh = subprocess.run([sys.executable, "-c", SERIALIZE, "1"], cwd=REPO, capture_output=True, text=True,
+                           check=True).stdout.strip()
+    sdk_alone = subprocess.run([sys.executable, "-c", SERIALIZE, "2000"], cwd=REPO, capture_output=True, text=True)
+    assert sdk_alone.returncode != 0 and "RecursionError" in sdk_alone.stderr, sdk_alone.stderr[-500:]
+
+    from pulumi.automation import _stack
+    from pulumi.dynamic import dynamic
+
+    from dynamics_provider.application_user import ApplicationUserProvider
+
+    before = (_stack.LanguageServer, dynamic.serialize_provider)
+    inline.install()
+    try:
+        provider = ApplicationUserProvider(owner="lead-destination/x")
+        with ThreadPoolExecutor(8) as pool:
+            serialized = set(pool.map(lambda _: dynamic.serialize_provider(provider), range(2000)))
+        assert serialized == {fresh}
+        assert pickle.Pickler is _pickle.Pickler
+    finally:
+        _stack.LanguageServer, dynamic.serialize_provider = before
