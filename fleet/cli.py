@@ -39,7 +39,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ATTENTION, EXIT_INTERRUPTED = 0, 1, 2, 3,
 EXIT_LOCKED = 4
 GITHUB_MATRIX_LIMIT = 256  # jobs one matrix may generate
 DEFAULT_PARALLEL = min(8, max(2, os.cpu_count() or 2))
-DEFAULT_PROGRAM_HOST = inline.PROCESS
+DEFAULT_PROGRAM_HOST = inline.INLINE
 
 EPILOG = """\
 exit codes:
