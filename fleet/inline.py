@@ -100,9 +100,16 @@ def install() -> None:
     fleet is the only driver of the Automation API and the only host of programs in its process."""
     if _stack.LanguageServer is _server.LanguageServer:
         _stack.LanguageServer = _LanguageServer  # type: ignore[misc]
-    original = getattr(_dynamic, "serialize_provider")  # noqa: B009 - a module attribute mypy cannot see
-    if not hasattr(original, "__wrapped__"):
-        setattr(_dynamic, "serialize_provider", _serialized_alone(original))  # noqa: B010
+    guard_provider_serialization()
+
+
+def guard_provider_serialization() -> None:
+    """The SDK's `serialize_provider` made safe for a process that declares many dynamic resources, from
+    many threads (`_serialized_alone`; idempotent): a fleet hosting programs, a test worker."""
+    with _SERIALIZING:
+        original = getattr(_dynamic, "serialize_provider")  # noqa: B009 - a module attribute mypy cannot see
+        if not hasattr(original, "__wrapped__"):
+            setattr(_dynamic, "serialize_provider", _serialized_alone(original))  # noqa: B010
 
 
 def lead_destination_program(project_dir: Path) -> Callable[[], None]:
