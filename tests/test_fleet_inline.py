@@ -228,7 +228,7 @@ SERIALIZE = ("import sys; from pulumi.dynamic.dynamic import serialize_provider;
 
 def test_a_process_hosting_programs_serializes_providers_as_a_fresh_program_does_however_many_it_declares():
     """The SDK's serialize_provider piles a layer onto pickle._Pickler per call: a process that declares a
-    few hundred dynamic resources (a fleet of ~60 stacks inline) fails with RecursionError. Under
+    few hundred dynamic resources (a fleet of ~100 stacks inline) fails with RecursionError. Under
     fleet.inline.install(), 2000 calls from 8 threads give the bytes a fresh program's first call gives, and
     leave the module's C pickler in place."""
     fresh = subprocess.run([sys.executable, "-c", SERIALIZE, "1"], cwd=REPO, capture_output=True, text=True,
