@@ -23,7 +23,8 @@ What the program depends on besides the SDK's context, made per run here:
   wraps `pickle._Pickler._batch_setitems` in one more sorting layer on every call without undoing it. A
   program process makes a handful of calls and ends; a process hosting every stack's program stacks one
   layer per dynamic resource until pickling a provider exceeds the recursion limit (RecursionError at
-  the 490th call for ApplicationUserProvider under Python 3.13: ~100 stacks of 5 dynamic resources), and two programs serializing at once can leave `pickle.Pickler` swapped for good.
+  the 490th call for ApplicationUserProvider under Python 3.13: ~100 stacks of 5 dynamic resources),
+  and two programs serializing at once can leave `pickle.Pickler` swapped for good.
   `install()` runs it under a lock and puts `pickle._Pickler` and `pickle.Pickler` back after each call, so
   every call pickles as the first call of a fresh program does (the same bytes as under the CLI).
 """
