@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from fleet import inline
 from fleet.doctor import CHECKS, printable, run_doctor
 from fleet.locks import parse_age
 from fleet.onboard import Row, onboard, read_inventory, set_path
@@ -38,6 +39,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ATTENTION, EXIT_INTERRUPTED = 0, 1, 2, 3,
 EXIT_LOCKED = 4
 GITHUB_MATRIX_LIMIT = 256  # jobs one matrix may generate
 DEFAULT_PARALLEL = min(8, max(2, os.cpu_count() or 2))
+DEFAULT_PROGRAM_HOST = inline.INLINE
 
 EPILOG = """\
 exit codes:
@@ -72,6 +74,12 @@ def _runs(parser: argparse.ArgumentParser) -> None:
                         help="skip reading the real objects first (no drift detection)")
     parser.add_argument("--log-dir", type=Path, metavar="DIR",
                         help="where each stack's log goes (default .fleet/logs/<time>-<command> in the project)")
+    parser.add_argument("--program-host", choices=inline.HOSTS, default=DEFAULT_PROGRAM_HOST,
+                        help="where each stack's program runs: 'inline' in this process (Pulumi's Automation API "
+                             "serves it to the CLI; no language host and no Python interpreter per stack), or "
+                             "'process': the CLI starts the project's language host, which runs __main__.py in a "
+                             f"Python process per stack, as the plain CLI does (default {DEFAULT_PROGRAM_HOST}). "
+                             "Inline applies only when the project directory holds this fleet's own program")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,11 +214,13 @@ def _run(ws: Workspace, args: argparse.Namespace) -> int:
     names = _stacks_to_run(ws, args)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     log_dir = (args.log_dir or ws.dir / ".fleet" / "logs" / f"{stamp}-{args.command}").resolve()
+    program, hosted = inline.choose(ws.dir, args.program_host)
     results, seconds, interrupted = _with_progress(
-        args, names, f"; logs in {log_dir}",
+        args, names, f"; {hosted}; logs in {log_dir}",
         lambda progress: run_fleet(ws, names, args.command, parallel=args.parallel, log_dir=log_dir,
                                    progress=progress, refresh=args.refresh,
-                                   recover_older_than=getattr(args, "recover_older_than", None)))
+                                   recover_older_than=getattr(args, "recover_older_than", None),
+                                   program=program))
     print(headline(args.command, results, seconds) + (" (interrupted)" if interrupted else ""))
     _reports(args, args.command, results, seconds, log_dir)
     if interrupted:

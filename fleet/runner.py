@@ -67,8 +67,12 @@ class _RunStack(_NamedStack):
 
 def run_stack(ws: Workspace, name: str, verb: str, log_dir: Path, *, refresh: bool = True,
               on_activity: Callable[[str], None] | None = None,
-              recover_older_than: dt.timedelta | None = None) -> StackResult:
+              recover_older_than: dt.timedelta | None = None,
+              program: Callable[[], None] | None = None) -> StackResult:
     """One stack's `pulumi preview|up [--refresh] --diff`, its output kept in `log_dir/<stack>.log`.
+
+    `program`: the stack's program, hosted in this process (fleet.inline); None: the CLI starts the
+    project's language host and runs `__main__.py` in a process of its own.
 
     Refused by another run's lock: `locked`, with the lock's owner and the pending creates; with
     `recover_older_than`, a lock at least that old whose holder is not known to be alive is removed the
@@ -101,7 +105,7 @@ def run_stack(ws: Workspace, name: str, verb: str, log_dir: Path, *, refresh: bo
                 collector(event)
 
             kwargs: dict[str, Any] = {"diff": True, "refresh": refresh or None, "on_event": on_event,
-                                      "on_output": out, "on_error": err}
+                                      "on_output": out, "on_error": err, "program": program}
             attempt_started = dt.datetime.now(dt.UTC)
             stderr.clear()
             try:
@@ -236,7 +240,8 @@ def _exit_code(error: Exception) -> int | None:
 
 def run_fleet(ws: Workspace, names: Sequence[str], verb: str, *, parallel: int, log_dir: Path,
               progress: Progress, refresh: bool = True,
-              recover_older_than: dt.timedelta | None = None) -> list[StackResult]:
+              recover_older_than: dt.timedelta | None = None,
+              program: Callable[[], None] | None = None) -> list[StackResult]:
     """Every stack of `names` through `run_stack`, `parallel` at a time; results in `names` order.
 
     Ctrl-C: the running `pulumi` processes get the terminal's SIGINT and cancel gracefully (Pulumi's
@@ -245,7 +250,8 @@ def run_fleet(ws: Workspace, names: Sequence[str], verb: str, *, parallel: int, 
     log_dir.mkdir(parents=True, exist_ok=True)
     return run_each(names, lambda name, activity: run_stack(ws, name, verb, log_dir, refresh=refresh,
                                                             on_activity=activity,
-                                                            recover_older_than=recover_older_than),
+                                                            recover_older_than=recover_older_than,
+                                                            program=program),
                     parallel=parallel, progress=progress)
 
 

@@ -2,14 +2,16 @@
 (.tools/bin/pulumi, file backend, passphrase secrets) against a fresh local sandbox.
 
 Figures, not assertions, printed beside design.md's targets. The critical-path model (what no client
-can avoid on the longest dependency chain) is `CHAIN` below. The fleet runs through the fleet package
-(`python -m fleet`'s own code: Automation API, one `pulumi` process per stack) under the sandbox's
-service protection and 5 % random faults of every kind on Dataverse, Partner Center and Entra requests.
+can avoid on the longest dependency chain) is `CHAIN` below. The fleet runs as a user runs it,
+`python -m fleet up|preview` in a process of its own (Automation API, one `pulumi` process per stack, each
+stack's program in that process with `--program-host inline` or in a process per stack with `process`), under
+the sandbox's service protection and 5 % random faults of every kind on Dataverse, Partner Center and Entra
+requests. `--only fleet --program-host X` runs the fleet part alone, for an A/B of the program hosts.
 
 Where the time goes (tools/bench_probe.py): the cold `up`, the no-change `preview --refresh` and an empty
 program's `up` (the floor the engine sets) run with the CLI's debug log on (`-v=9 --logtostderr`), read back
 as milestones, provider calls and checkpoint writes; every run's processes are sampled from /proc for CPU
-seconds by kind (CLI, language host, its `pip list`, program, provider). Every figure is printed beside its
+seconds by kind (CLI, language host, its `pip list`, program, provider, the fleet's own process). Every figure is printed beside its
 design.md target; a missed target is named again at the end with the phases that hold its time and whose
 they are (Pulumi's engine or ours). Timing figures depend on what else the machine runs: compare runs made
 on the same machine, idle.
@@ -18,19 +20,22 @@ on the same machine, idle.
 from __future__ import annotations
 
 import argparse
-import io
+import json
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fleet.cli import DEFAULT_PROGRAM_HOST
+from fleet.inline import HOSTS
 from fleet.onboard import Row, onboard
-from fleet.progress import Progress
-from fleet.runner import PREVIEW, UP, run_fleet
+from fleet.runner import PREVIEW, UP
 from fleet.workspace import Workspace
 from sandbox.solution_zip import build_solution_zip
 from sandbox.testing import start_sandbox
@@ -281,8 +286,34 @@ def bench_single(sb: Any, tmp: Path, zip_path: Path, latency_ms: int, notes: _No
     return rows
 
 
-def bench_fleet(sb: Any, tmp: Path, zip_path: Path, size: int, parallel: int, notes: _Notes
-                ) -> list[tuple[str, str, str]]:
+@dataclass
+class FleetRun:
+    """One `python -m fleet up|preview` of the bench: its report's stacks, wall time and first output line."""
+
+    results: list[dict[str, Any]]
+    elapsed: float
+    headline: str
+
+
+def run_fleet_process(project: Project, verb: str, names: list[str], parallel: int, program_host: str,
+                      log_dir: Path) -> FleetRun:
+    """`python -m fleet VERB` as a user runs it, in a process of its own: with `--program-host inline` the
+    programs run in that process, not in this one (which serves the sandbox)."""
+    report = log_dir.with_suffix(".json")
+    argv = [sys.executable, "-m", "fleet", verb, *names, "--parallel", str(parallel), "--program-host", program_host,
+            "--log-dir", str(log_dir), "--json", str(report), "-C", str(project.dir)]
+    started = time.monotonic()
+    done = subprocess.run(argv, cwd=REPO, env={**os.environ, **project.env}, text=True, capture_output=True,
+                          check=False)
+    elapsed = time.monotonic() - started
+    if not report.is_file():
+        raise RuntimeError(f"fleet {verb} wrote no report (exit {done.returncode}): {done.stderr[-2000:]}")
+    first = done.stdout.splitlines()[0] if done.stdout else ""
+    return FleetRun(json.loads(report.read_text())["stacks"], elapsed, first)
+
+
+def bench_fleet(sb: Any, tmp: Path, zip_path: Path, size: int, parallel: int, notes: _Notes,
+                program_host: str = DEFAULT_PROGRAM_HOST) -> list[tuple[str, str, str]]:
     control = sb.control
     urls = [control.add_org(f"fleet{i:03d}") for i in range(size)]
     project = Project(tmp / "fleet")
@@ -301,31 +332,33 @@ def bench_fleet(sb: Any, tmp: Path, zip_path: Path, size: int, parallel: int, no
     control.settings(throttle=FLEET_THROTTLE, random_faults=FLEET_FAULTS)
     out: list[tuple[str, str, str]] = []
     throttle = ", ".join(f"{k}={v}" for k, v in FLEET_THROTTLE.items())
-    notes.lines.insert(0, f"fleet: {parallel} stacks at a time; service protection per caller per organization "
-                          f"({throttle}); 5 % random faults on Dataverse and Partner Center requests (429 with "
-                          "Retry-After, 503, connection reset, answer lost after the write) and on Entra's (429 with "
-                          "Retry-After, 503, connection reset)")
+    notes.lines.insert(0, f"fleet: {parallel} stacks at a time, --program-host {program_host}; service protection "
+                          f"per caller per organization ({throttle}); 5 % random faults on Dataverse and Partner "
+                          "Center requests (429 with Retry-After, 503, connection reset, answer lost after the "
+                          "write) and on Entra's (429 with Retry-After, 503, connection reset)")
     out.append((f"fleet of {size}: fleet add (no Dataverse)", f"{onboarding:.1f}s "
                 f"({size / onboarding * 60:.0f} stacks/min)", "(figure)"))
     for verb, label in ((UP, "fleet up (cold)"), (PREVIEW, "fleet preview (warm)")):
         control.clear_log()
-        started = time.monotonic()
+        load = os.getloadavg()
         with probe.CpuSampler() as cpu:
-            results = run_fleet(ws, names, verb, parallel=parallel, log_dir=tmp / "logs" / verb,
-                                progress=Progress(verb, names, io.StringIO()))
-        elapsed = time.monotonic() - started
+            run = run_fleet_process(project, verb, names, parallel, program_host, tmp / "logs" / verb)
+        results, elapsed = run.results, run.elapsed
+        notes.lines.append(f"{label}: {run.headline.split('; logs in')[0]}; load average before "
+                           f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}, after "
+                           + " / ".join(f"{x:.2f}" for x in os.getloadavg()))
         log = control.log()
         fig = figures(log)
         in_flight, after = retry_after_split(log)
         injected = Counter(str(e["fault"]).split(":", 1)[1] for e in log if str(e.get("fault", "")).startswith("random:"))
         for line in sent_after_known_windows(log)[:10]:
             notes.lines.append(f"{label}: sent after a known Retry-After window: {line}")
-        failed = [r for r in results if r.status == "failed"]
+        failed = [r for r in results if r["status"] == "failed"]
         for r in failed[:5]:
-            notes.lines.append(f"{label} {r.name}: {r.error}")
+            notes.lines.append(f"{label} {r['name']}: {r['error']}")
         expected = "changed" if verb == UP else "in-sync"
-        odd = [r for r in results if r.status not in (expected, "failed")]
-        per_stack = [r.duration_s for r in results]
+        odd = [r for r in results if r["status"] not in (expected, "failed")]
+        per_stack = [float(r["duration_s"]) for r in results]
         rate, goal = size / elapsed * 60, TARGET_FLEET_UP_PER_MIN if verb == UP else TARGET_FLEET_PREVIEW_PER_MIN
         kinds = cpu.by_kind()
         heavy = sorted(kinds.items(), key=lambda kv: -kv[1])[:3]
@@ -349,8 +382,8 @@ def bench_fleet(sb: Any, tmp: Path, zip_path: Path, size: int, parallel: int, no
         ]
         out += probe.cpu_rows(f"fleet {label}", cpu, runs=size)
         if odd:
-            out.append((f"fleet of {size}: {label}: not {expected}", ", ".join(f"{r.name} {r.status}" for r in odd[:5]),
-                        f"0 (every stack {expected})"))
+            out.append((f"fleet of {size}: {label}: not {expected}",
+                        ", ".join(f"{r['name']} {r['status']}" for r in odd[:5]), f"0 (every stack {expected})"))
     control.settings(throttle=None, random_faults=None)
     dup = Counter()
     for url in urls:
@@ -365,6 +398,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fleet", type=int, default=50, help="stacks in the fleet run (0: skip it)")
     parser.add_argument("--parallel", type=int, default=4, help="stacks at a time in the fleet run")
     parser.add_argument("--latency-ms", type=int, default=100)
+    parser.add_argument("--only", choices=("all", "fleet"), default="all",
+                        help="'fleet': the fleet run alone (no single-stack figures)")
+    parser.add_argument("--program-host", choices=HOSTS, default=DEFAULT_PROGRAM_HOST,
+                        help="the fleet's --program-host (where each stack's program runs)")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
     zip_path = tmp / "solution.zip"
@@ -372,9 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     notes = _Notes()
     started = time.monotonic()
     with start_sandbox(state_dir=tmp / "sandbox", port=0) as sb:
-        rows = bench_single(sb, tmp, zip_path, args.latency_ms, notes)
+        rows = bench_single(sb, tmp, zip_path, args.latency_ms, notes) if args.only == "all" else []
         if args.fleet:
-            rows += bench_fleet(sb, tmp, zip_path, args.fleet, args.parallel, notes)
+            rows += bench_fleet(sb, tmp, zip_path, args.fleet, args.parallel, notes, args.program_host)
     width = max(len(r[0]) for r in rows)
     vwidth = max(len(r[1]) for r in rows)
     print(f"command: {COMMAND}   ({os.cpu_count()} cores, {time.monotonic() - started:.0f}s in all)")

@@ -23,9 +23,10 @@ from typing import Any
 # --- CPU seconds by process kind ------------------------------------------------------------------
 CLI, LANGHOST, PIP, PROGRAM, PROVIDER, OTHER = ("CLI (pulumi)", "language host", "language host's `pip list`",
                                                "program (python)", "provider (python -m pulumi.dynamic)", "other")
-KINDS = (CLI, LANGHOST, PIP, PROGRAM, PROVIDER, OTHER)
+FLEET = "fleet (python -m fleet: Automation API driver + inline programs)"
+KINDS = (CLI, LANGHOST, PIP, PROGRAM, PROVIDER, FLEET, OTHER)
 WHOSE = {CLI: "Pulumi", LANGHOST: "Pulumi", PIP: "Pulumi", PROGRAM: "ours + Pulumi SDK",
-         PROVIDER: "ours + Pulumi SDK", OTHER: "-"}
+         PROVIDER: "ours + Pulumi SDK", FLEET: "ours + Pulumi SDK", OTHER: "-"}
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -45,6 +46,8 @@ def kind_of(argv: list[str]) -> str:
         return PROGRAM
     if "-m pip" in text:
         return PIP
+    if "-m fleet" in text:
+        return FLEET
     if base.startswith("python") and "--version" in text:
         return LANGHOST
     return OTHER

@@ -21,6 +21,7 @@ from google.protobuf import struct_pb2
 from pulumi.runtime import rpc
 from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
 
+from fleet.inline import guard_provider_serialization  # the SDK's serialize_provider, safe for many calls
 from tests.harness.interrupt import first_line
 
 PROVIDER_KEY = "__provider"
@@ -68,45 +69,6 @@ class DiffResult:
     replaces: list[str] = field(default_factory=list)
     delete_before_replace: bool = False
     diffs: list[str] = field(default_factory=list)
-
-
-_SERIALIZE_LOCK = threading.Lock()
-
-
-def guard_provider_serialization() -> None:
-    """Make the SDK's `serialize_provider` safe to call many times, from many threads, in one process.
-
-    pulumi 3.272's `serialize_provider` patches the stdlib pickler for deterministic dict order and
-    never restores `pickle._Pickler._batch_setitems`: each call wraps the previous wrapper, so after
-    ~1000 dynamic resources in one process pickling dies with RecursionError, and two threads patching
-    at once can capture each other's wrappers. One `pulumi up` never gets near that; a harness running
-    many programs in one process (the fleet benchmark, a test worker) does. The guard serializes the
-    calls and restores the pickler afterwards; the bytes produced are unchanged.
-    """
-    import pickle
-
-    from pulumi.dynamic import dynamic
-
-    original = dynamic.serialize_provider
-    if getattr(original, "_serialization_guarded", False):
-        return
-
-    def serialize_provider(provider: Any) -> str:
-        with _SERIALIZE_LOCK:
-            pickler = pickle.Pickler
-            batch = pickle._Pickler.__dict__["_batch_setitems"]  # type: ignore[attr-defined]
-            save_dict = pickle._Pickler.__dict__["save_dict"]  # type: ignore[attr-defined]
-            try:
-                return original(provider)
-            finally:
-                pickle.Pickler = pickler  # type: ignore[misc]
-                pickle._Pickler._batch_setitems = batch  # type: ignore[attr-defined]
-                pickle._Pickler.save_dict = save_dict  # type: ignore[attr-defined]
-
-    serialize_provider._serialization_guarded = True  # type: ignore[attr-defined]
-    with _SERIALIZE_LOCK:
-        if not getattr(dynamic.serialize_provider, "_serialization_guarded", False):
-            dynamic.serialize_provider = serialize_provider
 
 
 def provider_ref(provider: Any) -> str:
