@@ -112,21 +112,8 @@ def retry_after_split(entries: list[dict[str, Any]]) -> tuple[int, int]:
     before it arrived was sent by a client that could have known that window; one inside only windows
     answered later (sending while throttled extends the wait) was already on its way.
     """
-    answers: dict[tuple[Any, Any, Any], list[tuple[float, float]]] = {}
-    for e in entries:
-        if e.get("status") == 429 and e.get("throttled_until"):
-            answered = e["time"] + e["duration_ms"] / 1000
-            answers.setdefault((e.get("kind"), e.get("org"), e.get("caller")), []).append((answered, e["throttled_until"]))
-    in_flight = after = 0
-    for e in entries:
-        if not e.get("inside_retry_after"):
-            continue
-        windows = answers.get((e.get("kind"), e.get("org"), e.get("caller")), [])
-        if any(w[0] + KNOWN_SLACK_SECONDS < e["time"] < w[1] for w in windows):
-            after += 1
-        else:
-            in_flight += 1
-    return in_flight, after
+    after = len(sent_after_known_windows(entries))
+    return sum(1 for e in entries if e.get("inside_retry_after")) - after, after
 
 
 def sent_after_known_windows(entries: list[dict[str, Any]]) -> list[str]:
