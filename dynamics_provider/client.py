@@ -105,13 +105,15 @@ class ApiClient:
         self.user_agent = user_agent
         headers = {"Accept": "application/json", "OData-MaxVersion": "4.0", "OData-Version": "4.0",
                    "User-Agent": user_agent}
+        retry_policy = BoundedRetryPolicy(retry)
         policies: list[HTTPPolicy[Any, Any] | SansIOHTTPPolicy[Any, Any]] = [
             HeadersPolicy(headers),
             ProxyPolicy(environ_proxies(self.base_url)),
-            BoundedRetryPolicy(retry),  # once per call: the loop of sends
+            retry_policy,  # once per call: the loop of sends
             AmbiguousWritePolicy(),  # from here on, once per send
             BearerChallengePolicy(tokens, scope),
             http_logging_policy(),
+            retry_policy.gate(),  # the Retry-After window checked again right before the transport
         ]
         self._pipeline: Pipeline[HttpRequest, HttpResponse] = Pipeline(
             transport=http_transport(ca_bundle, read_timeout=retry.timeout, connect_timeout=retry.connect_timeout),

@@ -282,6 +282,67 @@ def test_retry_after_window_holds_other_requests_of_the_same_client(sandbox, org
     assert all(e["time"] >= gets[0]["throttled_until"] for e in gets[1:])
 
 
+class HeldTokens:
+    """The deployer's real token cache, except that the thread named "held" waits in it until released:
+    a request whose bearer token is still on its way when another request of the client reads a 429."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def get_token_info(self, *scopes, options=None):
+        if threading.current_thread().name == "held":
+            self.entered.set()
+            assert self.release.wait(60), "never released"
+        return self.inner.get_token_info(*scopes, options=options)
+
+    def get_token(self, scope: str) -> str:
+        return self.get_token_info(scope).token
+
+    def invalidate(self, scope: str) -> None:
+        self.inner.invalidate(scope)
+
+
+def test_a_request_still_fetching_its_token_when_a_429_is_read_waits_out_the_window(sandbox, org, deployer):
+    """The window is checked again right before the transport, after the bearer policy: a token fetch can
+    take seconds (Entra's own faults and retries), during which the client may learn of a window."""
+    tokens = HeldTokens(deployer_tokens(deployer))
+    client = client_for(org, deployer, tokens=tokens)  # a new client: its bearer policy has no token yet
+    mark = log_mark(sandbox)
+    sandbox.control.add_fault(method="GET", path="WhoAmI$", status=429, retry_after=1, org=org_name(org))
+    opened = threading.Event()
+
+    class WindowOpened(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("Retry-After"):
+                opened.set()
+
+    http_log, handler = logging.getLogger("dynamics_provider.http"), WindowOpened()
+    level = http_log.level
+    http_log.addHandler(handler)
+    http_log.setLevel(logging.DEBUG)
+    try:
+        held = threading.Thread(target=lambda: client.query("leads", select=["leadid"]), name="held")
+        held.start()
+        assert tokens.entered.wait(60), "the held request never asked for its token"
+        first = threading.Thread(target=client.who_am_i)
+        first.start()
+        assert opened.wait(60), "the client never read the WhoAmI 429"
+        tokens.release.set()  # the held request has its token now, and the window is known
+        held.join(60)
+        first.join(60)
+    finally:
+        tokens.release.set()
+        http_log.removeHandler(handler)
+        http_log.setLevel(level)
+    entries = [e for e in sandbox.control.log(since=mark) if e["kind"] == "dataverse"]
+    refusal = next(e for e in entries if e["status"] == 429)
+    leads = [e for e in entries if e["path"].endswith("/leads")]
+    assert [e["status"] for e in leads] == [200]
+    assert leads[0]["time"] >= refusal["throttled_until"], "sent inside a Retry-After window the client knew"
+    assert not any(e["inside_retry_after"] for e in entries)
+
+
 def test_service_protection_limits_under_load_cause_no_failure_and_no_early_resend(sandbox, org, deployer):
     sandbox.control.settings(throttle={"window_seconds": 1, "max_requests": 6})
     try:
