@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from tools.offline_env import REPO
 
 JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}")
@@ -24,6 +26,7 @@ def digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.long  # make test's budget: CI runs it in make test-long, and `make demo` itself on 3.12 and 3.11
 def test_the_demo_tells_the_whole_story_on_the_port_it_is_given():
     port = free_port()
     before = {name: digest(REPO / name) for name in ("Pulumi.yaml", "Pulumi.dev.yaml")}

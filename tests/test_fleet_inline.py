@@ -184,7 +184,7 @@ def test_a_stack_whose_config_the_program_refuses_fails_with_its_one_message_and
     assert "applicationUser.email" in reasons["inline"]
 
 
-@pytest.mark.parametrize("host", ["process", "inline"])
+@pytest.mark.parametrize("host", [pytest.param("process", marks=pytest.mark.long), "inline"])  # process: budget
 def test_the_fleet_process_killed_alone_mid_update_leaves_a_stack_the_next_fleet_up_converges(
         fleet_project: FleetProject, sandbox: Any, host: str):
     """SIGKILL of `python -m fleet` alone (its `pulumi up` not killed with it) while a create is answered: the
