@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fleet.cli import DEFAULT_PROGRAM_HOST
+from fleet.cli import DEFAULT_PARALLEL, DEFAULT_PROGRAM_HOST
 from fleet.inline import HOSTS
 from fleet.onboard import Row, onboard
 from fleet.runner import PREVIEW, UP
@@ -390,7 +390,8 @@ def bench_fleet(sb: Any, tmp: Path, zip_path: Path, size: int, parallel: int, no
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__)
     parser.add_argument("--fleet", type=int, default=50, help="stacks in the fleet run (0: skip it)")
-    parser.add_argument("--parallel", type=int, default=4, help="stacks at a time in the fleet run")
+    parser.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL,
+                        help=f"stacks at a time in the fleet run (default: the fleet's, {DEFAULT_PARALLEL} here)")
     parser.add_argument("--latency-ms", type=int, default=100)
     parser.add_argument("--only", choices=("all", "fleet"), default="all",
                         help="'fleet': the fleet run alone (no single-stack figures)")
