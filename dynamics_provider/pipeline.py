@@ -122,7 +122,8 @@ class BoundedRetryPolicy(RetryPolicy[HttpRequest, HttpResponse]):
         self._lock = threading.Lock()
         self._hold_until = 0.0  # monotonic: the client-wide Retry-After window
 
-    def _wait_window(self) -> None:
+    def wait_window(self) -> None:
+        """Sleep until this client's Retry-After window (if any) has passed."""
         while (remaining := self._hold_until - time.monotonic()) > 0:
             time.sleep(remaining)
 
@@ -137,7 +138,7 @@ class BoundedRetryPolicy(RetryPolicy[HttpRequest, HttpResponse]):
         return settings
 
     def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
-        self._wait_window()
+        self.wait_window()
         return super().send(request)
 
     def is_retry(self, settings: dict[str, Any], response: PipelineResponse[Any, Any]) -> bool:
@@ -170,7 +171,7 @@ class BoundedRetryPolicy(RetryPolicy[HttpRequest, HttpResponse]):
             backoff = self.get_backoff_time(settings)
             if backoff > 0:
                 transport.sleep(backoff)
-        self._wait_window()
+        self.wait_window()
 
 
 class RetryAfterGate(SansIOHTTPPolicy[HttpRequest, HttpResponse]):
@@ -184,7 +185,7 @@ class RetryAfterGate(SansIOHTTPPolicy[HttpRequest, HttpResponse]):
         self._retry = retry
 
     def on_request(self, request: PipelineRequest[HttpRequest]) -> None:
-        self._retry._wait_window()  # noqa: SLF001 - the two halves of one policy
+        self._retry.wait_window()
 
 
 def _tls_refused(error: Exception) -> bool:

@@ -4,10 +4,12 @@ challenge refresh; redacted logging) and TLS verified with the configured CA wha
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -251,12 +253,10 @@ def test_429_retry_after_is_honoured_no_request_inside_the_window(sandbox, org, 
     assert [row["leadid"] for row in sandbox.control.state(org)["leads"]] == [lead_id]
 
 
-def test_retry_after_window_holds_other_requests_of_the_same_client(sandbox, org, deployer):
-    client = client_for(org, deployer)
-    client.who_am_i()
-    mark = log_mark(sandbox)
-    sandbox.control.add_fault(method="GET", path="WhoAmI$", status=429, retry_after=1, org=org_name(org))
-    opened = threading.Event()  # the client has read the 429 and holds its requests (its debug line says so)
+@contextlib.contextmanager
+def window_read() -> Iterator[threading.Event]:
+    """An event set once a client has read a Retry-After and holds its requests (its debug line says so)."""
+    opened = threading.Event()
 
     class WindowOpened(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
@@ -268,14 +268,23 @@ def test_retry_after_window_holds_other_requests_of_the_same_client(sandbox, org
     http_log.addHandler(handler)
     http_log.setLevel(logging.DEBUG)
     try:
+        yield opened
+    finally:
+        http_log.removeHandler(handler)
+        http_log.setLevel(level)
+
+
+def test_retry_after_window_holds_other_requests_of_the_same_client(sandbox, org, deployer):
+    client = client_for(org, deployer)
+    client.who_am_i()
+    mark = log_mark(sandbox)
+    sandbox.control.add_fault(method="GET", path="WhoAmI$", status=429, retry_after=1, org=org_name(org))
+    with window_read() as opened:
         first = threading.Thread(target=client.who_am_i)
         first.start()
         assert opened.wait(60), "the client never read the WhoAmI 429"
         client.query("leads", select=["leadid"])
         first.join()
-    finally:
-        http_log.removeHandler(handler)
-        http_log.setLevel(level)
     assert not any(e["inside_retry_after"] for e in sandbox.control.log(since=mark))
     gets = [e for e in sandbox.control.log(since=mark) if e["kind"] == "dataverse" and e["method"] == "GET"]
     assert gets[0]["status"] == 429
@@ -310,18 +319,8 @@ def test_a_request_still_fetching_its_token_when_a_429_is_read_waits_out_the_win
     client = client_for(org, deployer, tokens=tokens)  # a new client: its bearer policy has no token yet
     mark = log_mark(sandbox)
     sandbox.control.add_fault(method="GET", path="WhoAmI$", status=429, retry_after=1, org=org_name(org))
-    opened = threading.Event()
-
-    class WindowOpened(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.getMessage().startswith("Retry-After"):
-                opened.set()
-
-    http_log, handler = logging.getLogger("dynamics_provider.http"), WindowOpened()
-    level = http_log.level
-    http_log.addHandler(handler)
-    http_log.setLevel(logging.DEBUG)
-    try:
+    with window_read() as opened, contextlib.ExitStack() as cleanup:
+        cleanup.callback(tokens.release.set)  # never leave the held thread waiting
         held = threading.Thread(target=lambda: client.query("leads", select=["leadid"]), name="held")
         held.start()
         assert tokens.entered.wait(60), "the held request never asked for its token"
@@ -331,10 +330,6 @@ def test_a_request_still_fetching_its_token_when_a_429_is_read_waits_out_the_win
         tokens.release.set()  # the held request has its token now, and the window is known
         held.join(60)
         first.join(60)
-    finally:
-        tokens.release.set()
-        http_log.removeHandler(handler)
-        http_log.setLevel(level)
     entries = [e for e in sandbox.control.log(since=mark) if e["kind"] == "dataverse"]
     refusal = next(e for e in entries if e["status"] == 429)
     leads = [e for e in entries if e["path"].endswith("/leads")]
