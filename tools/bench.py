@@ -105,21 +105,15 @@ def span_seconds(entries: list[dict[str, Any]]) -> float:
     return max(e["time"] + e["duration_ms"] / 1000 for e in timed) - min(e["time"] for e in timed)
 
 
-def retry_after_split(entries: list[dict[str, Any]]) -> tuple[int, int]:
-    """Requests inside a Retry-After window: (already in flight when the 429 was answered, sent after it).
+def sent_after_known_windows(entries: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+    """The requests inside a Retry-After window that were sent after it was known, each with a line for the
+    notes: its service, organization, caller, method and path, how long after the 429 was answered it
+    arrived, and that 429's request (a random fault or service protection).
 
     A request arriving inside the window of a 429 whose answer had left the server (plus loopback slack)
-    before it arrived was sent by a client that could have known that window; one inside only windows
-    answered later (sending while throttled extends the wait) was already on its way.
+    before it arrived was sent by a client that could have known that window; the other requests inside a
+    window (only windows answered later: sending while throttled extends the wait) were already on their way.
     """
-    after = len(sent_after_known_windows(entries))
-    return sum(1 for e in entries if e.get("inside_retry_after")) - after, after
-
-
-def sent_after_known_windows(entries: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
-    """Each request `retry_after_split` counts as sent after a known window, described for the notes: its
-    service, organization, caller, method and path, how long after the 429 was answered it arrived, and
-    that 429's request (a random fault or service protection)."""
     answers: dict[tuple[Any, Any, Any], list[dict[str, Any]]] = {}
     for e in entries:
         if e.get("status") == 429 and e.get("throttled_until"):
@@ -336,9 +330,10 @@ def bench_fleet(sb: Any, tmp: Path, zip_path: Path, size: int, parallel: int, no
                            + " / ".join(f"{x:.2f}" for x in os.getloadavg()))
         log = control.log()
         fig = figures(log)
-        in_flight, after = retry_after_split(log)
         injected = Counter(str(e["fault"]).split(":", 1)[1] for e in log if str(e.get("fault", "")).startswith("random:"))
         sent_after = sent_after_known_windows(log)
+        after = len(sent_after)
+        in_flight = sum(1 for e in log if e.get("inside_retry_after")) - after
         for _, line in sent_after[:10]:
             notes.lines.append(f"{label}: sent after a known Retry-After window: {line}")
         # Entra's window binds the caller in its tenant; every stack of this bench signs in as the same deploying
